@@ -1,0 +1,133 @@
+"""The Task: data + model + budget. Named tasks and users' own tasks are both Task objects.
+
+A user's own task is a Task built in their Python file:
+
+    from trainlab import Task, DataBundle
+
+    def my_data(**kw) -> DataBundle:            # tensors in memory
+        ...
+        return DataBundle(train_x, train_y, test_x, test_y, num_classes=10, name="my-data")
+
+    def my_model(input_shape, num_classes, **kw) -> torch.nn.Module:
+        ...
+
+    cifar_small = Task("cifar-small", make_data=my_data, make_model=my_model,
+                       epochs=5, batch_size=128, optimizer="sgd", lr=0.05)
+
+and named on the command line as `my_tasks.py:cifar_small`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from trainlab.errors import ConfigError
+
+
+@dataclass
+class DataBundle:
+    """A classification dataset held in memory as tensors.
+
+    train_x/test_x: float inputs, any shape [N, ...]. train_y/test_y: long class indices [N].
+    clean_train_y: the labels before any label noise was applied (for analysis), or None.
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    name: str = "data"
+    clean_train_y: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.train_x) != len(self.train_y) or len(self.test_x) != len(self.test_y):
+            raise ConfigError(f"data '{self.name}': inputs and labels differ in length")
+        if self.train_y.dtype != torch.long or self.test_y.dtype != torch.long:
+            raise ConfigError(f"data '{self.name}': labels must be integer class indices (torch.long)")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    def fingerprint(self) -> str:
+        """A short hash of the exact tensors, so results can be tied to their data."""
+        h = hashlib.sha256()
+        for t in (self.train_x, self.train_y, self.test_x, self.test_y):
+            t = t.contiguous().cpu()
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Task:
+    """Data + model + training budget.
+
+    make_data(**data_kwargs) -> DataBundle
+    make_model(input_shape, num_classes, **model_kwargs) -> nn.Module
+    Data wrappers (train_subset, label_noise, noise_kind, imbalance, shift) are applied by
+    trainlab.tasks.wrappers after make_data, so they work for any task.
+    """
+
+    name: str
+    make_data: Callable[..., DataBundle]
+    make_model: Callable[..., nn.Module]
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"          # sgd | adam | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "cosine"        # cosine | constant | onecycle | step
+    warmup_epochs: float = 0.0
+    grad_clip: float | None = None
+    label_smoothing: float = 0.0
+    augment: str | None = None      # None | "crop-flip" (images) | "shift" (1-D signals)
+    eval_batch_size: int = 1024
+    data_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # data wrappers
+    train_subset: int | None = None
+    label_noise: float = 0.0
+    noise_kind: str = "symmetric"   # symmetric | pairwise
+    imbalance: float | None = None  # ratio of rarest to most frequent class, e.g. 0.1
+    shift: str | None = None        # None | "rotate" | "invert": evaluate on a shifted test domain
+    description: str = ""
+    suite_seconds: float | None = None  # measured time of one run here, for planning
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> "Task":
+        """A copy with some fields replaced; dict fields (data_kwargs, model_kwargs) are merged."""
+        if not overrides:
+            return self
+        names = {f.name for f in dataclasses.fields(self)}
+        changes: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if key not in names:
+                raise ConfigError(f"task '{self.name}' has no setting '{key}' (known: {', '.join(sorted(names))})")
+            if key in ("data_kwargs", "model_kwargs"):
+                value = {**getattr(self, key), **value}
+            changes[key] = value
+        return dataclasses.replace(self, **changes)
+
+    def budget(self) -> dict[str, Any]:
+        skip = {"make_data", "make_model", "description", "suite_seconds"}
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    return repr(v)

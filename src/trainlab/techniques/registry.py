@@ -1,0 +1,67 @@
+"""The technique registry.
+
+Each technique module is listed once in TECHNIQUE_MODULES. Importing a module registers its
+Technique subclasses (decorated with @register) and its claims (module-level `CLAIMS` list,
+collected by trainlab.claims.registry). Modules are imported lazily, on first lookup, so the CLI
+starts fast.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, TypeVar
+
+from trainlab.errors import ConfigError
+from trainlab.training.technique import Technique
+
+#: One line per technique module. Adding a technique = its file, its test, and one line here.
+TECHNIQUE_MODULES: list[str] = [
+    "trainlab.techniques.sanity",
+]
+
+_REGISTRY: dict[str, type[Technique]] = {}
+_loaded = False
+
+T = TypeVar("T", bound=type[Technique])
+
+
+def register(cls: T) -> T:
+    """Class decorator: make a Technique subclass available by its `name`."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} has no `name`")
+    existing = _REGISTRY.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise TypeError(f"technique name '{cls.name}' registered twice ({existing.__name__}, {cls.__name__})")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for mod in TECHNIQUE_MODULES:
+        importlib.import_module(mod)
+    _loaded = True
+
+
+def all_techniques() -> dict[str, type[Technique]]:
+    load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_technique(name: str) -> type[Technique]:
+    load_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = [n for n in _REGISTRY if name.lower() in n or n in name.lower()]
+        hint = f" (did you mean {', '.join(close[:3])}?)" if close else " (see `trainlab list`)"
+        raise ConfigError(f"unknown technique '{name}'{hint}") from None
+
+
+def build_technique(name: str, settings: dict[str, Any] | None = None) -> Technique:
+    cls = get_technique(name)
+    try:
+        return cls(**(settings or {}))
+    except TypeError as e:
+        raise ConfigError(f"bad settings for technique '{name}': {e}") from None
