@@ -12,7 +12,10 @@ Hooks are called in this order each step, for every technique in the run's compo
         loss(outputs, batch, state, base_loss)   returns the loss to backpropagate
         after_backward(model, state)      e.g. gradient noise, TrAct's first-layer fix
         after_step(model, optimizer, state)      e.g. projections
-    on_epoch_end(model, state)            may put metrics into state.epoch_metrics
+    on_epoch_end(model, state)            after the epoch's steps, BEFORE its evaluation;
+                                          may change the model (e.g. prune) and put
+                                          metrics into state.epoch_metrics
+    on_train_end(model, state)            once, after the last evaluation
 
 `modifies` declares what a technique touches. Resources in EXCLUSIVE (the optimizer, the model
 architecture's normalization layers, the base loss) may be claimed by one technique only;
@@ -94,6 +97,9 @@ class TrainState:
     model: nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
     outputs: torch.Tensor | None = None     # outputs of the current step's forward pass
+    batch: Batch | None = None               # the current step's (transformed) batch
+    task: Any = None                         # the Task being trained
+    loss_fn: Any = None                      # base loss: loss_fn(outputs, targets) -> scalar
     #: generator for a technique's own randomness; seeded per run, separate from data order
     generator: torch.Generator | None = None
     #: metrics a technique reports for the current epoch (merged into the epoch's row)
@@ -161,6 +167,9 @@ class Technique:
         pass
 
     def on_epoch_end(self, model: nn.Module, state: TrainState) -> None:
+        pass
+
+    def on_train_end(self, model: nn.Module, state: TrainState) -> None:
         pass
 
     # ---- checkpointing of technique state (tensors and plain values only) ---------------
