@@ -1,0 +1,325 @@
+"""The `trainlab` command.
+
+Every mistake a user can make (unknown task or technique, bad number, unreadable data path,
+corrupt checkpoint) prints one line `trainlab: error: ...` and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from trainlab.errors import ConfigError, UserError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse would print the usage too)
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return v
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_technique(text: str) -> tuple[str, dict[str, Any]]:
+    """`name` or `name:key=value,key=value` (values parsed as JSON when they can be)."""
+    name, _, rest = text.partition(":")
+    settings: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"bad technique setting '{item}' in '{text}' (use name:key=value,key=value)")
+        settings[key.strip()] = _parse_value(value.strip())
+    return name.strip(), settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="trainlab", description="Training techniques from papers, and a harness that checks their claims.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    sub.add_parser("tasks", help="list the named tasks", description="List the named tasks.")
+
+    s = sub.add_parser("list", help="list techniques with their papers, claims and latest verdicts",
+                       description="List techniques with their papers, claims and latest verdicts.")
+    s.add_argument("--store", type=Path, help="run store (default: trainlab-runs/runs.sqlite or $TRAINLAB_STORE)")
+
+    s = sub.add_parser("train", help="train one task, optionally with techniques",
+                       description="Train one task (named, or file.py:name) with optional techniques.")
+    s.add_argument("--task", required=True, help="a named task (see `trainlab tasks`) or file.py:name")
+    s.add_argument("--technique", action="append", default=[], metavar="NAME[:k=v,...]",
+                   help="a technique with optional settings; repeat to combine")
+    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--epochs", type=_positive_int)
+    s.add_argument("--batch-size", type=_positive_int)
+    s.add_argument("--lr", type=_positive_float)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--checkpoint", type=Path, help="write a checkpoint here after every epoch")
+    s.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    s.add_argument("--store", type=Path, help="run store (default: trainlab-runs/runs.sqlite)")
+    s.add_argument("--no-store", action="store_true", help="do not record the run")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("runs", help="list stored runs", description="List stored runs, newest first.")
+    s.add_argument("--claim", help="only runs of this claim id")
+    s.add_argument("--limit", type=_positive_int, default=30)
+    s.add_argument("--store", type=Path)
+
+    for name, helptext in (("check", "check a technique's claims (or one claim) against its baseline"),
+                           ("bench", "run a suite of claims and write a report")):
+        s = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        if name == "check":
+            s.add_argument("name", help="a technique name or claim id (see `trainlab list`)")
+            s.add_argument("--task", help="run on this task instead of the claim's: a named task or file.py:name")
+        else:
+            s.add_argument("--suite", default="quick", choices=["quick", "full"])
+            s.add_argument("--out", type=Path, help="report folder (default: reports/<suite>)")
+        s.add_argument("--seeds", type=_positive_int, help="seeds per arm (default: each claim's own)")
+        s.add_argument("--executor", default="local", choices=["local", "ray"])
+        s.add_argument("--workers", type=_positive_int, help="parallel runs (default: one per core)")
+        s.add_argument("--address", help="Ray cluster address (ray executor); default: a local Ray instance")
+        s.add_argument("--device", default="cpu")
+        s.add_argument("--no-overhead", action="store_true", help="skip the overhead measurement")
+        s.add_argument("--store", type=Path)
+
+    s = sub.add_parser("report", help="rebuild a report from the run store, without training",
+                       description="Rebuild a report from the run store, without training.")
+    s.add_argument("--suite", default="quick", choices=["quick", "full"])
+    s.add_argument("--out", type=Path)
+    s.add_argument("--store", type=Path)
+
+    s = sub.add_parser("prune", help="train with HESSO structured pruning and build the smaller network",
+                       description="Train with HESSO, build the pruned subnet, save it, compare with the dense model.")
+    s.add_argument("--task", required=True)
+    s.add_argument("--sparsity", type=float, default=0.5, help="target group sparsity in (0, 1)")
+    s.add_argument("--epochs", type=_positive_int)
+    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--out", type=Path, help="where to save the subnet")
+
+    s = sub.add_parser("data", help="download a dataset's official files (needs internet)",
+                       description="Download a dataset's official files, with checksum verification.")
+    s.add_argument("action", choices=["download"])
+    s.add_argument("dataset", choices=["mnist", "fashion-mnist", "cifar10"])
+    s.add_argument("--dest", type=Path, help="folder (default: the trainlab data folder)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args) or 0
+    except UserError as e:
+        print(f"trainlab: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("trainlab: interrupted; finished runs are kept in the store, re-run the command to continue",
+              file=sys.stderr)
+        return 130
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainlab.tasks.registry import TASKS
+
+    table = Table("task", "epochs", "batch", "optimizer", "description")
+    for t in TASKS.values():
+        table.add_row(t.name, str(t.epochs), str(t.batch_size), f"{t.optimizer} lr={t.lr:g}", t.description)
+    Console().print(table)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainlab.claims.registry import all_claims
+    from trainlab.claims.store import Store, default_store_path
+    from trainlab.techniques.registry import all_techniques
+
+    store_path = args.store or default_store_path()
+    verdicts = Store(store_path).latest_verdicts() if Path(store_path).exists() else {}
+    claims = all_claims()
+    table = Table("technique", "family", "paper", "claims (latest verdict)", show_lines=True)
+    for name, cls in all_techniques().items():
+        paper = f"{cls.paper.title} ({cls.paper.year}" + (f", arXiv:{cls.paper.arxiv})" if cls.paper.arxiv else ")") \
+            if cls.paper else "-"
+        mine = [c for c in claims.values() if c.technique == name]
+        lines = [f"{c.id}: {verdicts.get(c.id, ('not checked',))[0]}" + (" [quick]" if "quick" in c.suites else "")
+                 for c in mine]
+        table.add_row(name, cls.family, paper, "\n".join(lines) or "-")
+    other = [c for c in claims.values() if c.technique not in all_techniques()]
+    for c in other:
+        table.add_row(c.technique, "-", "-", f"{c.id}: {verdicts.get(c.id, ('not checked',))[0]}"
+                      + (" [quick]" if "quick" in c.suites else ""))
+    Console().print(table)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from trainlab.claims.runner import RunSpec
+    from trainlab.claims.store import Store
+    from trainlab.tasks.registry import get_task
+    from trainlab.training.trainer import build_techniques, run_training
+
+    task = get_task(args.task)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
+                 if v is not None}
+    task = task.with_overrides(overrides)
+    techniques = [parse_technique(t) for t in args.technique]
+    build_techniques(techniques)  # fail fast on unknown names, bad settings, conflicts
+    if args.resume and args.checkpoint is None:
+        raise ConfigError("--resume needs --checkpoint")
+    store = None if args.no_store else Store(args.store)
+    spec = RunSpec(None, "train", task, techniques, args.seed, args.device)
+    print(f"training {task.name} (seed {args.seed}) with {', '.join(t for t, _ in techniques) or 'no technique'}: "
+          f"{task.epochs} epochs, batch {task.batch_size}, {task.optimizer} lr {task.lr:g}", file=sys.stderr)
+    t0 = time.perf_counter()
+    result = run_training(task, techniques, seed=args.seed, device=args.device, progress=not args.quiet,
+                          checkpoint=args.checkpoint, resume=args.resume,
+                          on_epoch=(lambda row: store.add_epoch(spec.key, row)) if store else None)
+    wall = time.perf_counter() - t0
+    if store is not None:
+        store.add_run(spec.key, spec.config(), result)
+        store.close()
+    f = result.final
+    if result.status == "diverged":
+        print(f"diverged at step {result.diverged_step} (non-finite loss)", file=sys.stderr)
+    print(f"{task.name}: {result.status}  test_acc {f.get('test_acc', float('nan')):.4f}  "
+          f"test_loss {f.get('test_loss', float('nan')):.4f}  ece {f.get('test_ece', float('nan')):.4f}  "
+          f"{wall:.1f} s total, {result.time_per_step * 1e3:.2f} ms/step, {result.params:,} parameters")
+    return 0 if result.status == "finished" else 1
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from trainlab.claims.store import Store
+
+    st = Store(args.store)
+    table = Table("id", "claim", "arm", "task", "techniques", "seed", "status", "test_acc", "ms/step", "finished")
+    for r in st.runs(args.claim, args.limit):
+        acc = (r["final"] or {}).get("test_acc")
+        techs = ", ".join(t[0] for t in r["techniques"]) or "-"
+        table.add_row(str(r["id"]), r["claim_id"] or "-", r["arm"] or "-", r["task"], techs, str(r["seed"]),
+                      r["status"], f"{acc:.4f}" if acc is not None else "-",
+                      f"{r['time_per_step'] * 1e3:.2f}" if r["time_per_step"] else "-",
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r["finished_at"])))
+    Console().print(table)
+    print(f"store: {st.path}", file=sys.stderr)
+    return 0
+
+
+def _check_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(seeds=args.seeds, executor=args.executor, workers=args.workers, store=args.store,
+                overhead=not args.no_overhead, progress=True, device=args.device, address=args.address)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from trainlab.claims.api import check_claims
+    from trainlab.claims.registry import resolve
+
+    results = check_claims(resolve(args.name), task=args.task, **_check_kwargs(args))
+    return 0 if all(r.analysis is not None for r in results) else 1
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from trainlab.claims.api import run_suite
+
+    t0 = time.perf_counter()
+    results = run_suite(args.suite, **_check_kwargs(args))
+    wall = time.perf_counter() - t0
+    out = args.out or Path("reports") / args.suite
+    files = _write_report(results, out, f"trainlab {args.suite} suite", wall)
+    print(f"{args.suite} suite: {len(results)} claims in {wall / 60:.1f} min; report: {files['html']}")
+    return 0
+
+
+def _write_report(results, out: Path, title: str, wall: float | None = None) -> dict[str, Path]:
+    from trainlab.claims.report import write_report
+
+    provenance = {"suite_wall_seconds": round(wall, 1)} if wall is not None else {}
+    return write_report(results, out, title=title, provenance=provenance)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from trainlab.claims.registry import suite_claims
+    from trainlab.claims.runner import collect, plan
+    from trainlab.claims.store import Store
+
+    st = Store(args.store)
+    results = []
+    for c in suite_claims(args.suite):
+        r = collect(c, plan(c), st, overhead=st.latest_overhead(c.id))
+        if r.seeds:
+            results.append(r)
+    if not results:
+        raise ConfigError(f"the store {st.path} has no runs of the {args.suite} suite; run `trainlab bench --suite {args.suite}`")
+    files = _write_report(results, args.out or Path("reports") / args.suite, f"trainlab {args.suite} suite")
+    print(f"report of {len(results)} claims: {files['html']}")
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from trainlab.techniques.pruning.cli import prune_command
+
+    if not 0 < args.sparsity < 1:
+        raise ConfigError(f"--sparsity must be in (0, 1), got {args.sparsity}")
+    prune_command(args.task, args.sparsity, epochs=args.epochs, out=args.out, seed=args.seed)
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from trainlab.tasks.datasets import download, user_data_dir
+
+    dest = args.dest or user_data_dir()
+    path = download(args.dataset, dest)
+    print(f"{args.dataset}: downloaded and verified into {path}")
+    return 0
+
+
+COMMANDS = {"tasks": _cmd_tasks, "list": _cmd_list, "train": _cmd_train, "runs": _cmd_runs, "check": _cmd_check,
+            "bench": _cmd_bench, "report": _cmd_report, "prune": _cmd_prune, "data": _cmd_data}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Evaluation metrics: loss, accuracy, expected calibration error."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins (Guo et al., 2017): sum_b |B|/n * |acc(B) - conf(B)|."""
+    conf, pred = probs.max(dim=1)
+    correct = (pred == labels).float()
+    edges = torch.linspace(0, 1, bins + 1, device=probs.device)
+    # bin b holds confidences in (edges[b], edges[b+1]]; confidence 0 cannot occur for a softmax
+    idx = torch.clamp(torch.bucketize(conf, edges[1:-1], right=False), 0, bins - 1)
+    n = conf.numel()
+    ece = torch.zeros((), device=probs.device)
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            ece += m.sum() / n * (correct[m].mean() - conf[m].mean()).abs()
+    return float(ece)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    logits = []
+    for i in range(0, len(x), batch_size):
+        logits.append(model(x[i:i + batch_size].to(device)).float())
+    model.train(was_training)
+    out = torch.cat(logits)
+    y = y.to(out.device)
+    probs = out.softmax(dim=1)
+    finite = bool(torch.isfinite(out).all())
+    return {
+        "loss": float(F.cross_entropy(out, y)) if finite else float("nan"),
+        "acc": float((out.argmax(dim=1) == y).float().mean()),
+        "ece": expected_calibration_error(probs, y) if finite else float("nan"),
+    }
