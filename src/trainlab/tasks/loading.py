@@ -31,12 +31,13 @@ def load_task_data(task: Task, seed: int = 0) -> DataBundle:
         raise ConfigError(f"task '{task.name}': bad data settings ({e})") from None
     if not isinstance(bundle, DataBundle):
         raise ConfigError(f"task '{task.name}': make_data must return a trainlab DataBundle, got {type(bundle).__name__}")
-    from trainlab.tasks.wrappers import apply_wrappers
+    if task.train_subset or task.label_noise or task.imbalance or task.shift:
+        from trainlab.tasks.wrappers import apply_wrappers
 
-    bundle = apply_wrappers(
-        bundle, train_subset=task.train_subset, label_noise=task.label_noise, noise_kind=task.noise_kind,
-        imbalance=task.imbalance, shift=task.shift, seed=seed,
-    )
+        bundle = apply_wrappers(
+            bundle, train_subset=task.train_subset, label_noise=task.label_noise, noise_kind=task.noise_kind,
+            imbalance=task.imbalance, shift=task.shift, seed=seed,
+        )
     if len(_CACHE) >= _MAX_CACHED:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = bundle

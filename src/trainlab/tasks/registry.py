@@ -19,6 +19,10 @@ from trainlab.tasks.task import DataBundle, Task
 
 # Factories are module-level functions (not lambdas) so tasks pickle for worker processes.
 def _data(name: str, **kwargs: Any) -> DataBundle:
+    if name == "blobs":
+        from trainlab.tasks.synthetic import blobs
+
+        return blobs(**kwargs)
     from trainlab.tasks import datasets
 
     return getattr(datasets, name)(**kwargs)
@@ -35,6 +39,9 @@ def _task(name: str, data: str, model: str, **fields: Any) -> Task:
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
+    _task("blobs-mlp", "blobs", "mlp", epochs=4, batch_size=32, lr=0.05, weight_decay=0.0,
+          model_kwargs={"width": 32, "depth": 2},
+          description="Gaussian blobs (16-dim, 4 classes), small MLP: a sub-second smoke task"),
     _task("digits-mlp", "digits", "mlp", epochs=10, batch_size=64, lr=0.05, weight_decay=5e-4,
           model_kwargs={"width": 128, "depth": 2},
           description="scikit-learn digits (8x8), 2-layer MLP, SGD+momentum, 10 epochs"),
