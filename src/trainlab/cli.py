@@ -154,8 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _cmd_tasks(args: argparse.Namespace) -> int:
+def _console():
+    """A console as wide as the terminal, or 160 columns when output is not a terminal."""
+    import shutil
+
     from rich.console import Console
+
+    return Console(width=shutil.get_terminal_size((160, 40)).columns)
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from trainlab.tasks.registry import TASKS
@@ -163,12 +171,11 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     table = Table("task", "epochs", "batch", "optimizer", "description")
     for t in TASKS.values():
         table.add_row(t.name, str(t.epochs), str(t.batch_size), f"{t.optimizer} lr={t.lr:g}", t.description)
-    Console().print(table)
+    _console().print(table)
     return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from trainlab.claims.registry import all_claims
@@ -190,7 +197,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for c in other:
         table.add_row(c.technique, "-", "-", f"{c.id}: {verdicts.get(c.id, ('not checked',))[0]}"
                       + (" [quick]" if "quick" in c.suites else ""))
-    Console().print(table)
+    _console().print(table)
     return 0
 
 
@@ -230,7 +237,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from trainlab.claims.store import Store
@@ -244,7 +250,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
                       r["status"], f"{acc:.4f}" if acc is not None else "-",
                       f"{r['time_per_step'] * 1e3:.2f}" if r["time_per_step"] else "-",
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(r["finished_at"])))
-    Console().print(table)
+    _console().print(table)
     print(f"store: {st.path}", file=sys.stderr)
     return 0
 

@@ -34,9 +34,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated, or not a torch file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint '{path}' is unreadable or corrupt ({first[:160]})") from None
+    except Exception:  # corrupt, truncated, not a torch file, or holding arbitrary objects
+        raise CheckpointError(
+            f"checkpoint '{path}' is unreadable or corrupt (or holds objects other than tensors and plain values)"
+        ) from None
     if not isinstance(payload, dict) or "format" not in payload:
         raise CheckpointError(f"checkpoint '{path}' is not a trainlab checkpoint")
     return payload
