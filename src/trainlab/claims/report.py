@@ -1,0 +1,559 @@
+"""The claim report: Markdown, one self-contained HTML page, and PNG plots.
+
+``write_report(results, out_dir)`` writes into ``out_dir``:
+
+* ``report.md``: a summary table, one section per claim, then provenance; plots linked by file name.
+* ``report.html``: the same content as one page with inline CSS and the plots embedded as base64
+  ``data:`` URIs, so it can be mailed or archived on its own (no scripts, no external links).
+* ``forest.png``: every claim's mean paired difference with its interval. Metrics differ in units and
+  in which way is better, so each claim gets its own row with its own x axis in metric units,
+  oriented so that right is the claimed direction (for "lower" metrics the row shows
+  baseline - treatment). The solid line is 0, the dashed line is ``min_effect`` when it is > 0;
+  "reproduced" means the whole bar is right of the dashed line (or of 0), "contradicted" that it is
+  wholly left of 0.
+* ``curves_<claim id>.png``: per-epoch curves of both arms, mean over seeds with a min-max band;
+  the plotted key is the claim's metric when runs log it per epoch (also for "best:<key>" and
+  "epochs_to:<key>..." metrics), else "test_acc", else the first logged key. Runs of different
+  length (diverged, failed) are averaged over the seeds that reached each epoch.
+* ``overhead.png``: time-per-step and peak-memory ratios (treatment / baseline) per claim, with a
+  line at 1.0.
+
+Plots are drawn on ``matplotlib.figure.Figure`` objects with an explicit Agg canvas, so writing a
+report never changes the matplotlib backend of the calling program (and importing trainlab never
+touches matplotlib at all).
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import math
+import platform
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from trainlab.claims.claim import Arm
+from trainlab.claims.result import ClaimResult
+
+Block = tuple  # ("h", level, text) | ("p", text) | ("quote", text) | ("table", headers, rows) | ("img", file, alt)
+
+_VERDICTS = ("reproduced", "contradicted", "inconclusive", "failed")
+_COLORS = {"reproduced": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700", "failed": "#6e7781"}
+
+
+def write_report(
+    results: list[ClaimResult],
+    out_dir: Path,
+    title: str = "trainlab report",
+    provenance: dict | None = None,
+) -> dict[str, Path]:
+    """Write report.md, report.html and the PNG plots into `out_dir`; return their paths by name.
+
+    Keys: "markdown", "html", "forest", "overhead", and "curves_<claim id>" for each claim that
+    recorded per-epoch metrics.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+
+    paths["forest"] = out_dir / "forest.png"
+    _plot_forest(results, paths["forest"])
+    paths["overhead"] = out_dir / "overhead.png"
+    _plot_overhead(results, paths["overhead"])
+    curve_files: dict[int, Path] = {}
+    for i, r in enumerate(results):
+        path = out_dir / f"curves_{_safe_name(_claim_id(r, i))}.png"
+        if _plot_curves(r, path):
+            curve_files[i] = path
+            paths[f"curves_{_claim_id(r, i)}"] = path
+
+    blocks = _build_blocks(results, title, provenance, curve_files, paths)
+    paths["markdown"] = out_dir / "report.md"
+    paths["markdown"].write_text(_render_markdown(blocks), encoding="utf-8")
+    paths["html"] = out_dir / "report.html"
+    paths["html"].write_text(_render_html(blocks, title, out_dir), encoding="utf-8")
+    return paths
+
+
+# --------------------------------------------------------------------------------------- content
+
+def _build_blocks(results: Sequence[ClaimResult], title: str, provenance: dict | None,
+                  curve_files: dict[int, Path], paths: dict[str, Path]) -> list[Block]:
+    blocks: list[Block] = [("h", 1, title)]
+    counts = {v: sum(r.verdict == v for r in results) for v in _VERDICTS}
+    blocks.append(("p", f"{len(results)} claim(s): " + ", ".join(f"{counts[v]} {v}" for v in _VERDICTS) + "."))
+    blocks.append(("p", _HOW_TO_READ))
+    blocks.append(("h", 2, "Summary"))
+    blocks.append(("table", _SUMMARY_HEADERS, [_summary_row(r, i) for i, r in enumerate(results)]))
+    blocks.append(("img", paths["forest"].name, "mean paired difference per claim with its interval"))
+    blocks.append(("img", paths["overhead"].name, "time and memory ratios per claim"))
+    for i, r in enumerate(results):
+        blocks.extend(_claim_blocks(r, i, curve_files.get(i)))
+    blocks.extend(_provenance_blocks(results, provenance))
+    return blocks
+
+
+_HOW_TO_READ = (
+    "Each claim runs baseline and treatment on the same seeds; diff = treatment - baseline per seed, "
+    "in metric units. The interval is the union of a bootstrap interval (BCa, or percentile where BCa "
+    "is undefined) and the paired t interval of the mean difference. Reproduced: the interval lies "
+    "wholly on the claimed side of 0 and past min_effect. Contradicted: wholly on the other side of 0. "
+    "Otherwise inconclusive. p-values (paired t, Wilcoxon signed-rank) and Cohen's d_z are secondary. "
+    "Overhead ratios are treatment / baseline."
+)
+
+_SUMMARY_HEADERS = [
+    "claim", "technique", "task", "metric", "dir", "baseline", "treatment", "diff [CI]", "verdict",
+    "seeds", "p (t / W)", "d_z", "time x", "mem x", "paper",
+]
+
+
+def _summary_row(r: ClaimResult, i: int) -> list[str]:
+    c, a = r.claim, r.analysis
+    if a is None:
+        stats_cells = ["n/a"] * 3
+        seeds = f"0/{len(r.seeds)}"
+        p_cell = d_cell = "n/a"
+    else:
+        stats_cells = [_num(a.mean_baseline), _num(a.mean_treatment), _diff_ci(a)]
+        seeds = f"{a.n}/{len(r.seeds)}"
+        p_cell = f"{_p(a.p_ttest)} / {_p(a.p_wilcoxon)}"
+        d_cell = _num(a.effect_size, 3)
+    return [
+        _claim_id(r, i), str(c.get("technique", "")), str(c.get("task", "")), str(c.get("metric", "")),
+        str(c.get("direction", "")), *stats_cells, _verdict_cell(r), seeds, p_cell, d_cell,
+        _ratio(r.overhead.get("time_ratio")), _ratio(r.overhead.get("memory_ratio")),
+        str(c.get("paper_number", "")) or "n/a",
+    ]
+
+
+def _verdict_cell(r: ClaimResult) -> str:
+    if r.analysis is not None and r.analysis.seeds_needed is not None:
+        return f"{r.verdict} (~{r.analysis.seeds_needed} seeds)"
+    return r.verdict
+
+
+def _claim_blocks(r: ClaimResult, i: int, curves: Path | None) -> list[Block]:
+    c, a = r.claim, r.analysis
+    out: list[Block] = [("h", 2, f"{_claim_id(r, i)}: {r.verdict}")]
+    facts = [
+        ("technique", c.get("technique", "")), ("task", c.get("task", "")),
+        ("metric", f"{c.get('metric', '')} ({c.get('direction', '')} is better)"),
+        ("treatment", _describe_arm(c.get("treatment"))), ("baseline", _describe_arm(c.get("baseline"))),
+        ("min_effect", _num(c.get("min_effect", 0.0))), ("suites", ", ".join(c.get("suites", []))),
+    ]
+    if c.get("overrides"):
+        facts.append(("task overrides", ", ".join(f"{k}={v}" for k, v in dict(c["overrides"]).items())))
+    out.append(("table", ["", ""], [[k, str(v)] for k, v in facts]))
+
+    out.append(("h", 3, "What the paper says"))
+    out.append(("quote", c.get("paper_quote") or "(no quote recorded)"))
+    out.append(("p", f"Paper's number: {c.get('paper_number') or 'n/a'}. "
+                     f"Paper's scale: {c.get('paper_scale') or 'n/a'}."))
+    if c.get("notes"):
+        out.append(("p", f"Notes: {c['notes']}"))
+
+    out.append(("h", 3, "Result"))
+    if a is None:
+        out.append(("p", "No analysis: the claim's runs did not produce comparable values."))
+    else:
+        level = f"{100 * a.ci_level:g}%"
+        text = (f"Mean difference {_num(a.mean_diff)} ({level} interval {_num(a.ci_low)} to {_num(a.ci_high)}, "
+                f"{a.ci_method}) over {a.n} paired seed(s); paired t p = {_p(a.p_ttest)}, "
+                f"Wilcoxon p = {_p(a.p_wilcoxon)}, d_z = {_num(a.effect_size, 3)}. Verdict: {a.verdict}.")
+        if a.seeds_needed is not None:
+            text += f" About {a.seeds_needed} paired seeds would likely decide it."
+        out.append(("p", text))
+        if a.note:
+            out.append(("p", f"Note: {a.note}"))
+
+    out.append(("h", 3, "Per-seed values"))
+    rows = []
+    n_rows = max(len(r.seeds), len(r.baseline_values), len(r.treatment_values))
+    for k in range(n_rows):
+        b = _at(r.baseline_values, k)
+        t = _at(r.treatment_values, k)
+        rows.append([str(_at(r.seeds, k, "?")), _num(b), _num(t), _num(t - b, signed=True)])
+    out.append(("table", ["seed", "baseline", "treatment", "diff"], rows or [["-", "-", "-", "-"]]))
+
+    if r.status_counts:
+        keys = sorted({k for arm_counts in r.status_counts.values() for k in arm_counts})
+        out.append(("h", 3, "Run status"))
+        out.append(("table", ["arm", *keys],
+                    [[arm_name, *(str(cnt.get(k, 0)) for k in keys)] for arm_name, cnt in r.status_counts.items()]))
+    if r.overhead:
+        out.append(("h", 3, "Overhead"))
+        out.append(("table", ["quantity", "value"], [[k, _overhead_value(v)] for k, v in _flatten(r.overhead)]))
+    if curves is not None:
+        out.append(("img", curves.name, f"learning curves of {_claim_id(r, i)}"))
+    else:
+        out.append(("p", "No per-epoch curves were recorded for this claim."))
+    return out
+
+
+def _provenance_blocks(results: Sequence[ClaimResult], provenance: dict | None) -> list[Block]:
+    out: list[Block] = [("h", 2, "Provenance")]
+    prov = dict(provenance) if provenance else _default_provenance()
+    out.append(("table", ["", ""], [[k, _overhead_value(v)] for k, v in _flatten(prov)] or [["-", "-"]]))
+    rows = []
+    for i, r in enumerate(results):
+        extra = "; ".join(f"{k}={_overhead_value(v)}" for k, v in _flatten(r.provenance))
+        rows.append([_claim_id(r, i), ", ".join(str(s) for s in r.seeds), extra or "-"])
+    if rows:
+        out.append(("h", 3, "Per claim"))
+        out.append(("table", ["claim", "seeds", "provenance (code version, data fingerprint, ...)"], rows))
+    return out
+
+
+def _default_provenance() -> dict[str, Any]:
+    import scipy
+
+    prov: dict[str, Any] = {
+        "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "numpy": np.__version__, "scipy": scipy.__version__,
+    }
+    try:
+        import torch
+
+        prov["torch"] = torch.__version__
+        prov["torch threads"] = torch.get_num_threads()
+    except ImportError:  # the report itself does not need torch
+        pass
+    try:
+        from importlib.metadata import version
+
+        prov["trainlab"] = version("trainlab")
+    except Exception:  # not installed as a distribution (e.g. run from a source tree)
+        pass
+    return prov
+
+
+# --------------------------------------------------------------------------------------- render
+
+def _render_markdown(blocks: Iterable[Block]) -> str:
+    lines: list[str] = []
+    for b in blocks:
+        kind = b[0]
+        if kind == "h":
+            lines += ["#" * b[1] + " " + _md_inline(b[2]), ""]
+        elif kind == "p":
+            lines += [_md_inline(b[1]), ""]
+        elif kind == "quote":
+            lines += ["> " + line if line else ">" for line in _md_inline(b[1]).splitlines()] + [""]
+        elif kind == "table":
+            headers, rows = b[1], b[2]
+            lines.append("| " + " | ".join(_md_cell(h) for h in headers) + " |")
+            lines.append("|" + "|".join("---" for _ in headers) + "|")
+            lines += ["| " + " | ".join(_md_cell(x) for x in row) + " |" for row in rows]
+            lines.append("")
+        elif kind == "img":
+            lines += [f"![{_md_inline(b[2])}]({b[1]})", ""]
+    return "\n".join(lines)
+
+
+def _md_inline(text: str) -> str:
+    # "<" could open an HTML tag in a Markdown renderer; ">" inside text is harmless
+    return str(text).replace("<", "&lt;")
+
+
+def _md_cell(text: Any) -> str:
+    return _md_inline(str(text)).replace("|", "\\|").replace("\n", " ")
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;
+padding:0 1em;color:#1f2328;line-height:1.45}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.88em}
+th,td{border:1px solid #d0d7de;padding:.25em .55em;text-align:left;vertical-align:top}
+th{background:#f6f8fa}
+tr:nth-child(even) td{background:#fbfcfd}
+blockquote{margin:.5em 0;padding:.3em 1em;border-left:4px solid #d0d7de;color:#57606a}
+img{max-width:100%;height:auto;display:block;margin:.6em 0 1.2em}
+h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:1.8em}
+.v{font-weight:600}
+""" + "".join(f".v-{v}{{color:{c}}}" for v, c in _COLORS.items())
+
+
+def _render_html(blocks: Iterable[Block], title: str, out_dir: Path) -> str:
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+    ]
+    for b in blocks:
+        kind = b[0]
+        if kind == "h":
+            parts.append(f'<h{b[1]} id="{_anchor(b[2])}">{_html_inline(b[2])}</h{b[1]}>')
+        elif kind == "p":
+            parts.append(f"<p>{_html_inline(b[1])}</p>")
+        elif kind == "quote":
+            parts.append("<blockquote>" + "<br>".join(html.escape(x) for x in str(b[1]).splitlines()) + "</blockquote>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(str(h))}</th>" for h in b[1])
+            body = "".join("<tr>" + "".join(f"<td>{_html_inline(str(x))}</td>" for x in row) + "</tr>" for row in b[2])
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode((out_dir / b[1]).read_bytes()).decode("ascii")
+            parts.append(f'<img alt="{html.escape(b[2])}" src="data:image/png;base64,{data}">')
+    parts += ["</body>", "</html>", ""]
+    return "\n".join(parts)
+
+
+def _html_inline(text: str) -> str:
+    """Escape, then colour verdict words so they stand out."""
+    out = html.escape(str(text))
+    return re.sub(r"\b(" + "|".join(_VERDICTS) + r")\b", r'<span class="v v-\1">\1</span>', out)
+
+
+def _anchor(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "section"
+
+
+# --------------------------------------------------------------------------------------- plots
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _plot_forest(results: Sequence[ClaimResult], path: Path) -> None:
+    rows = max(1, len(results))
+    fig = _new_figure(8.0, 0.9 + 0.75 * rows)
+    if not results:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no claims", ha="center", va="center")
+        fig.savefig(path, format="png")
+        return
+    axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
+    for i, (ax, r) in enumerate(zip(axes, results)):
+        c, a = r.claim, r.analysis
+        sign = -1.0 if c.get("direction") == "lower" else 1.0
+        min_effect = float(c.get("min_effect", 0.0) or 0.0)
+        label = f"{_claim_id(r, i)}\n{c.get('metric', '')} ({'b - t' if sign < 0 else 't - b'})"
+        ax.set_yticks([0.0], [label], fontsize=7)
+        ax.set_ylim(-1, 1)
+        ax.tick_params(axis="x", labelsize=7)
+        ok = a is not None and all(math.isfinite(x) for x in (a.mean_diff, a.ci_low, a.ci_high))
+        if not ok:
+            ax.text(0.5, 0.5, r.verdict if a is None else "no interval (fewer than 2 complete pairs)",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=8, color=_COLORS["failed"])
+            ax.set_xticks([])
+            continue
+        ax.axvline(0.0, color="black", lw=0.8)
+        if min_effect > 0:
+            ax.axvline(min_effect, color="gray", lw=0.8, ls="--")
+        lo, hi = sorted((sign * a.ci_low, sign * a.ci_high))
+        mid = sign * a.mean_diff
+        color = _COLORS.get(a.verdict, "black")
+        ax.plot([lo, hi], [0.0, 0.0], color=color, lw=2.5, solid_capstyle="butt")
+        ax.plot([mid], [0.0], "o", color=color, ms=6)
+        ax.text(1.01, 0.5, a.verdict, transform=ax.transAxes, fontsize=7, color=color, va="center")
+        span = [0.0, lo, hi, mid] + ([min_effect] if min_effect > 0 else [])
+        left, right = min(span), max(span)
+        pad = 0.1 * (right - left) or 0.1 * max(abs(left), abs(right), 1e-12)
+        ax.set_xlim(left - pad, right + pad)
+    axes[0].set_title("mean paired difference, oriented so that right = claimed direction "
+                      "(solid: 0, dashed: min_effect)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def _plot_overhead(results: Sequence[ClaimResult], path: Path) -> None:
+    n = len(results)
+    fig = _new_figure(max(5.0, 1.0 + 0.9 * n), 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    names = [_claim_id(r, i) for i, r in enumerate(results)]
+    time_r = [_finite_or_none(r.overhead.get("time_ratio")) for r in results]
+    mem_r = [_finite_or_none(r.overhead.get("memory_ratio")) for r in results]
+    x = np.arange(n)
+    width = 0.38
+    for offset, vals, label, color in ((-width / 2, time_r, "time per step", "#0969da"),
+                                       (width / 2, mem_r, "peak memory", "#8250df")):
+        have = [k for k, v in enumerate(vals) if v is not None]
+        ax.bar(x[have] + offset, [vals[k] for k in have], width, label=label, color=color)
+        for k, v in enumerate(vals):
+            if v is None:
+                ax.text(x[k] + offset, 1.0, "n/a", ha="center", va="bottom", fontsize=7, color="gray")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xlim(-0.6, max(n, 1) - 0.4)
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("treatment / baseline")
+    ax.set_title("overhead (1.0 = same as baseline)", fontsize=9)
+    if n == 0:
+        ax.text(0.5, 0.5, "no claims", transform=ax.transAxes, ha="center", va="center")
+    if any(v is not None for v in time_r + mem_r):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def _plot_curves(r: ClaimResult, path: Path) -> bool:
+    """Plot per-epoch curves of both arms; False (no file) when no arm logged any epoch."""
+    key = _curve_key(r)
+    if key is None:
+        return False
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _new_figure(6.0, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = {"baseline": "#57606a", "treatment": "#0969da"}
+    single_epoch: float | None = None
+    for arm_name, runs in r.curves.items():
+        epochs, values = _stack_runs(runs or [], key)
+        if values.size == 0:
+            continue
+        seen = np.isfinite(values)
+        count = seen.sum(axis=0)
+        cols = count > 0
+        if not cols.any():
+            continue
+        filled = np.where(seen, values, 0.0)
+        mean = filled[:, cols].sum(axis=0) / count[cols]
+        low = np.where(seen, values, np.inf)[:, cols].min(axis=0)
+        high = np.where(seen, values, -np.inf)[:, cols].max(axis=0)
+        xs = epochs[cols]
+        color = colors.get(arm_name, None)
+        line = ax.plot(xs, mean, marker="o" if xs.size < 30 else None, ms=3, color=color,
+                       label=f"{arm_name} (mean of {len(runs)} seed(s))")[0]
+        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, lw=0)
+        if xs.size == 1:  # a band needs two epochs; show the min-max range as an error bar
+            ax.errorbar(xs, mean, yerr=[mean - low, high - mean], color=line.get_color(), capsize=4, lw=1)
+            ax.set_xlim(xs[0] - 0.5, xs[0] + 0.5)
+            single_epoch = float(xs[0])
+    if single_epoch is None:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax.set_xticks([single_epoch])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)
+    ax.set_title(f"{_claim_id(r, 0)}: {key}, mean and min-max over seeds", fontsize=9)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return True
+
+
+def _curve_key(r: ClaimResult) -> str | None:
+    logged: list[str] = []
+    for runs in r.curves.values():
+        for run in runs or []:
+            for row in run or []:
+                logged.extend(k for k in row if k != "epoch" and k not in logged)
+    if not logged:
+        return None
+    metric = str(r.claim.get("metric", ""))
+    base = metric.split(":", 1)[1] if ":" in metric else metric
+    base = re.split(r"[<>=]", base, maxsplit=1)[0]
+    for candidate in (base, "test_acc"):
+        if candidate in logged:
+            return candidate
+    return logged[0]
+
+
+def _stack_runs(runs: Sequence[Sequence[dict]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch numbers, values[seed, epoch]) padded with NaN where a run stopped early."""
+    length = max((len(run or []) for run in runs), default=0)
+    values = np.full((len(runs), length), np.nan)
+    for s, run in enumerate(runs):
+        for e, row in enumerate(run or []):
+            v = _finite_or_none(row.get(key))
+            if v is not None:
+                values[s, e] = v
+    # epoch numbers from the longest run (1-based "epoch" field), else the position
+    longest = max(runs, key=lambda run: len(run or []), default=[]) or []
+    epochs = np.arange(1, length + 1, dtype=float)
+    for e, row in enumerate(longest):
+        ep = _finite_or_none(row.get("epoch"))
+        if ep is not None:
+            epochs[e] = ep
+    return epochs, values
+
+
+# --------------------------------------------------------------------------------------- formatting
+
+def _claim_id(r: ClaimResult, i: int) -> str:
+    return str(r.claim.get("id") or f"claim-{i + 1}")
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def _describe_arm(d: Any) -> str:
+    if not isinstance(d, dict):
+        return "baseline"
+    try:
+        arm = Arm(techniques=tuple((str(n), dict(s)) for n, s in d.get("techniques", [])),
+                  overrides=dict(d.get("overrides", {})), label=str(d.get("label", "")))
+        return arm.describe()
+    except (TypeError, ValueError):
+        return str(d)
+
+
+def _finite_or_none(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _at(seq: Sequence[Any], k: int, default: Any = float("nan")) -> Any:
+    return seq[k] if k < len(seq) else default
+
+
+def _num(v: Any, digits: int = 4, signed: bool = False) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    if math.isnan(f):
+        return "n/a"
+    if math.isinf(f):
+        return "+inf" if f > 0 else "-inf"
+    return f"{f:+.{digits}g}" if signed else f"{f:.{digits}g}"
+
+
+def _p(v: float) -> str:
+    return _num(v, 2)
+
+
+def _ratio(v: Any) -> str:
+    f = _finite_or_none(v)
+    return "n/a" if f is None else f"{f:.2f}"
+
+
+def _diff_ci(a) -> str:
+    if not (math.isfinite(a.ci_low) and math.isfinite(a.ci_high)):
+        return f"{_num(a.mean_diff, signed=True)} [n/a]"
+    return f"{_num(a.mean_diff, signed=True)} [{_num(a.ci_low)}, {_num(a.ci_high)}]"
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.extend(_flatten(v, name + "."))
+        else:
+            out.append((name, v))
+    return out
+
+
+def _overhead_value(v: Any) -> str:
+    if isinstance(v, float):
+        return _num(v)
+    if isinstance(v, (list, tuple)):
+        return ", ".join(str(x) for x in v)
+    return str(v)
