@@ -79,8 +79,12 @@ def _optimizer_state_bytes(run: RunSetup) -> int:
 
 
 def measure_overhead(baseline_task, baseline_techniques, treatment_task, treatment_techniques, seed: int = 0,
-                     device: str = "cpu", steps_per_block: int = 10, blocks: int = 6, warmup: int = 5) -> dict[str, Any]:
-    """Time, memory, parameter and optimizer-state ratios treatment / baseline."""
+                     device: str = "cpu", block_seconds: float = 0.25, blocks: int = 10, warmup: int = 5,
+                     max_steps_per_block: int = 200) -> dict[str, Any]:
+    """Time, memory, parameter and optimizer-state ratios treatment / baseline.
+
+    Each timed block lasts about `block_seconds` (at least 3 steps), so that fast steps are not
+    drowned in timer and scheduler noise."""
     runs = {
         "baseline": setup_run(baseline_task, baseline_techniques, seed, device),
         "treatment": setup_run(treatment_task, treatment_techniques, seed, device),
@@ -88,19 +92,24 @@ def measure_overhead(baseline_task, baseline_techniques, treatment_task, treatme
     for run in runs.values():
         for t in run.techniques:
             t.on_train_start(run.model, run.optimizer, run.state)
-    batches = {k: _batches(r, steps_per_block, seed + 1) for k, r in runs.items()}
+    batches = {k: _batches(r, 8, seed + 1) for k, r in runs.items()}
     memory = {k: _step_memory(r, batches[k][0]) for k, r in runs.items()}
+    warm_time = 0.0
     for k, r in runs.items():
         for i in range(warmup):
             _step(r, batches[k][i % len(batches[k])])
+        t0 = time.perf_counter()
+        _step(r, batches[k][0])
+        warm_time = max(warm_time, time.perf_counter() - t0)
+    steps_per_block = int(min(max_steps_per_block, max(3, block_seconds / max(warm_time, 1e-6))))
     times: dict[str, list[float]] = {"baseline": [], "treatment": []}
     for block in range(blocks):
         order = ("baseline", "treatment") if block % 2 == 0 else ("treatment", "baseline")
         for k in order:
             t0 = time.perf_counter()
-            for b in batches[k]:
-                _step(runs[k], b)
-            times[k].append((time.perf_counter() - t0) / len(batches[k]))
+            for i in range(steps_per_block):
+                _step(runs[k], batches[k][i % len(batches[k])])
+            times[k].append((time.perf_counter() - t0) / steps_per_block)
     med = {k: statistics.median(v) for k, v in times.items()}
     params = {k: sum(p.numel() for p in r.model.parameters()) for k, r in runs.items()}
     opt_bytes = {k: _optimizer_state_bytes(r) for k, r in runs.items()}
