@@ -16,6 +16,10 @@ from trainlab.training.technique import Technique
 #: One line per technique module. Adding a technique = its file, its test, and one line here.
 TECHNIQUE_MODULES: list[str] = [
     "trainlab.techniques.sanity",
+    "trainlab.techniques.normalization.peri_ln",
+    "trainlab.techniques.normalization.bn_only",
+    "trainlab.techniques.normalization.ghost_bn",
+    "trainlab.techniques.normalization.normalize_project",
 ]
 
 _REGISTRY: dict[str, type[Technique]] = {}
