@@ -215,8 +215,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     build_techniques(techniques)  # fail fast on unknown names, bad settings, conflicts
     if args.resume and args.checkpoint is None:
         raise ConfigError("--resume needs --checkpoint")
-    store = None if args.no_store else Store(args.store)
+    from trainlab.training import distributed
+
+    main_process = distributed.context().is_main  # under torchrun only rank 0 prints and stores
+    store = None if args.no_store or not main_process else Store(args.store)
     spec = RunSpec(None, "train", task, techniques, args.seed, args.device)
+    if not main_process:
+        result = run_training(task, techniques, seed=args.seed, device=args.device)
+        return 0 if result.status == "finished" else 1
     print(f"training {task.name} (seed {args.seed}) with {', '.join(t for t, _ in techniques) or 'no technique'}: "
           f"{task.epochs} epochs, batch {task.batch_size}, {task.optimizer} lr {task.lr:g}", file=sys.stderr)
     t0 = time.perf_counter()

@@ -34,6 +34,13 @@ def context() -> DistContext:
     return DistContext(world_size=torch_dist.get_world_size(), rank=torch_dist.get_rank())
 
 
+def local_device(device: torch.device, ctx: DistContext) -> torch.device:
+    """Under torchrun, 'cuda' means this process's GPU (LOCAL_RANK)."""
+    if ctx.world_size > 1 and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
 def wrap(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
     if ctx.world_size == 1:
         return model

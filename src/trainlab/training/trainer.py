@@ -124,8 +124,10 @@ def setup_run(task: Task | str, techniques: Sequence[TechniqueLike] = (), seed: 
     """Seed, build the model, let techniques prepare it, build optimizer and schedule."""
     task = resolve_task(task)
     techs = build_techniques(techniques)
-    device = torch.device(device)
     dist = distributed.context()
+    device = distributed.local_device(torch.device(device), dist)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     data = load_task_data(task, seed)
     if task.epochs < 1 or task.batch_size < 1:
         raise ConfigError(f"task '{task.name}': epochs and batch_size must be >= 1")
