@@ -105,6 +105,10 @@ def load_user_task(ref: str) -> Task:
         except Exception as e:
             del sys.modules[mod_name]
             raise ConfigError(f"task file '{path_str}' failed to import: {type(e).__name__}: {e}") from None
+        import cloudpickle
+
+        # the file is not importable by name in worker processes: send its functions by value
+        cloudpickle.register_pickle_by_value(module)
     obj = getattr(module, attr, None)
     if obj is None:
         raise ConfigError(f"task file '{path_str}' has no '{attr}'")
