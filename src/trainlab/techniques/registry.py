@@ -20,6 +20,15 @@ TECHNIQUE_MODULES: list[str] = [
     "trainlab.techniques.normalization.bn_only",
     "trainlab.techniques.normalization.ghost_bn",
     "trainlab.techniques.normalization.normalize_project",
+    "trainlab.techniques.regularization.mixup",
+    "trainlab.techniques.regularization.cutmix",
+    "trainlab.techniques.regularization.decoupled_mixup",
+    "trainlab.techniques.regularization.adamixup",
+    "trainlab.techniques.regularization.weight_compander",
+    "trainlab.techniques.regularization.elr",
+    "trainlab.techniques.regularization.ps_kd",
+    "trainlab.techniques.regularization.nested_dropout",
+    "trainlab.techniques.regularization.orthogonal_conv",
 ]
 
 _REGISTRY: dict[str, type[Technique]] = {}

@@ -1,0 +1,155 @@
+"""Early-Learning Regularization (ELR): keep the model near its own early predictions under label noise.
+
+Paper: Sheng Liu, Jonathan Niles-Weed, Narges Razavian, Carlos Fernandez-Granda, "Early-Learning
+Regularization Prevents Memorization of Noisy Labels", NeurIPS 2020, arXiv:2007.00151.
+
+Claim: networks first fit the clean labels ("early learning") and later memorize the false ones;
+a regularizer that steers the model towards targets estimated from its own past outputs prevents
+the memorization. Paper scale: CIFAR-10/100 with simulated symmetric/asymmetric noise
+(ResNet-34, 120-150 epochs), Clothing1M and WebVision. Official README, CIFAR-10 with 40%
+symmetric noise: ELR 89.15% clean test accuracy (91.43% with cosine annealing); plain
+cross-entropy memorizes the noise and ends far lower (the paper's Table 1 baseline is around 80%).
+
+The method (paper Sec. 4; official ``elr_loss``), per sample i with prediction p_i = softmax(z_i)
+clamped to [1e-4, 1 - 1e-4]:
+
+    t_i  <- beta * t_i + (1 - beta) * p_i / sum(p_i)       (temporal ensembling, detached; t starts at 0)
+    loss  = CE(z, y) + lambda * mean_i log(1 - <t_i, p_i>)
+
+The target is updated first and then used in the same step, as in the official code. CIFAR-10
+settings of the official config: beta = 0.7, lambda = 3. The targets live in a [N, C] buffer
+indexed by the sample indices of the batch (Batch.indices), sized by state.num_train/num_classes.
+
+With a mixing policy in the run (ELR + mixup, as in the paper's ELR+), the cross-entropy uses the
+mixed soft targets, the regularizer's target is the mixture lam * t_i + (1 - lam) * t_perm(i)
+(ELR+ mixes its targets the same way), and the temporal ensemble is updated from predictions of
+the *unmixed* samples (one extra forward pass without gradients, in eval mode). ELR+ itself (two
+networks, weight averaging, co-divide) is not implemented.
+
+Plain PyTorch::
+
+    import torch
+    from trainlab.techniques.regularization.elr import ELRLoss
+
+    model, elr = torch.nn.Linear(4, 3), ELRLoss(num_examples=100, num_classes=3, beta=0.7, lam=3.0)
+    x, y, idx = torch.randn(8, 4), torch.randint(0, 3, (8,)), torch.arange(8)
+    loss = elr(model(x), y, idx)
+    loss.backward()
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainlab.claims.claim import Claim, arm
+from trainlab.errors import CheckpointError, ConfigError
+from trainlab.techniques.regularization.mixup import unmixed_probabilities
+from trainlab.techniques.registry import register
+from trainlab.training.technique import Batch, Paper, Technique, TrainState
+
+PAPER = Paper("Early-Learning Regularization Prevents Memorization of Noisy Labels",
+              "Liu, Niles-Weed, Razavian, Fernandez-Granda", 2020, "2007.00151")
+CLAMP = 1e-4
+
+
+def update_targets(targets: torch.Tensor, index: torch.Tensor, probs: torch.Tensor, beta: float) -> None:
+    """In place: t[index] = beta * t[index] + (1 - beta) * clamp(p) / sum(clamp(p))."""
+    p = probs.detach().float().clamp(CLAMP, 1.0 - CLAMP)
+    p = p / p.sum(dim=1, keepdim=True)
+    targets[index] = beta * targets[index] + (1.0 - beta) * p.to(targets.device)
+
+
+def elr_regularizer(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean_i log(1 - <t_i, clamp(softmax(z_i))>); minimizing it pulls p_i towards t_i."""
+    p = F.softmax(logits.float(), dim=1).clamp(CLAMP, 1.0 - CLAMP)
+    return torch.log(1.0 - (target.to(p.device) * p).sum(dim=1)).mean()
+
+
+class ELRLoss(nn.Module):
+    """The ELR objective with its per-sample target buffer, for any training loop."""
+
+    def __init__(self, num_examples: int, num_classes: int, beta: float = 0.7, lam: float = 3.0) -> None:
+        super().__init__()
+        self.beta, self.lam = float(beta), float(lam)
+        self.register_buffer("targets", torch.zeros(num_examples, num_classes))
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        update_targets(self.targets, index, F.softmax(logits.detach().float(), dim=1), self.beta)
+        return F.cross_entropy(logits, labels) + self.lam * elr_regularizer(logits, self.targets[index])
+
+
+@register
+class ELR(Technique):
+    """Cross-entropy + lambda * log(1 - <t, p>) with t a running average of the model's predictions."""
+
+    name = "elr"
+    family = "regularization"
+    paper = PAPER
+    modifies = frozenset({"loss_objective"})
+    order = 60
+    summary = "regularize towards a temporal ensemble of the model's own predictions (noisy labels)"
+
+    def __init__(self, beta: float = 0.7, lam: float = 3.0) -> None:
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"elr: beta must be in [0, 1), got {beta}")
+        if lam < 0:
+            raise ConfigError(f"elr: lam must be >= 0, got {lam}")
+        super().__init__(beta=beta, lam=lam)
+        self.beta, self.lam = float(beta), float(lam)
+        self.targets: torch.Tensor | None = None
+        self._resumed: torch.Tensor | None = None  # targets from a checkpoint, applied at on_train_start
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
+        shape = (state.num_train, state.num_classes)
+        if self._resumed is None:  # a fresh run starts from zero targets
+            self.targets = torch.zeros(shape, device=state.device)
+            return
+        if tuple(self._resumed.shape) != shape:
+            raise CheckpointError(f"elr: saved targets have shape {tuple(self._resumed.shape)}, the data needs {shape}")
+        self.targets, self._resumed = self._resumed.to(state.device), None
+
+    def loss(self, outputs: torch.Tensor, batch: Batch, state: TrainState, base_loss: torch.Tensor) -> torch.Tensor:
+        assert self.targets is not None, "on_train_start was not called"
+        update_targets(self.targets, batch.indices, unmixed_probabilities(state, batch, outputs), self.beta)
+        target = self.targets[batch.indices]
+        mix = batch.meta.get("mix")
+        if mix is not None:
+            lam = mix["lam"].view(-1, 1)
+            target = lam * target + (1.0 - lam) * target[mix["perm"]]
+        return base_loss + self.lam * elr_regularizer(outputs, target)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"targets": None if self.targets is None else self.targets.detach().cpu().clone()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        t = state.get("targets")
+        self._resumed = None if t is None else t.clone()
+        self.targets = self._resumed
+
+
+CLAIMS = [
+    Claim(
+        id="elr-noisy-digits", technique="elr", task="digits-mlp", metric="test_acc", direction="higher",
+        treatment=arm(("elr", {"beta": 0.7, "lam": 3.0})), baseline=arm(), seeds=5, suites=("quick", "full"),
+        overrides={"label_noise": 0.4, "noise_kind": "symmetric", "epochs": 30},
+        min_effect=0.02,
+        paper_quote="we design a regularization term that steers the model towards these targets, implicitly "
+                    "preventing memorization of the false labels",
+        paper_number="CIFAR-10, 40% symmetric noise: ELR 89.15% (91.43% with cosine annealing) clean test accuracy",
+        paper_scale="CIFAR-10/100 (ResNet-34, 150 epochs), Clothing1M, WebVision",
+        notes="Trained long enough (30 epochs) for plain cross-entropy to start memorizing the flipped labels.",
+    ),
+    Claim(
+        id="elr-noisy-cifar10-cnn", technique="elr", task="cifar10-cnn", metric="test_acc", direction="higher",
+        treatment=arm(("elr", {"beta": 0.7, "lam": 3.0})), baseline=arm(), seeds=3, suites=("full",),
+        overrides={"label_noise": 0.4, "noise_kind": "symmetric", "epochs": 20}, min_effect=0.02,
+        paper_quote="we design a regularization term that steers the model towards these targets, implicitly "
+                    "preventing memorization of the false labels",
+        paper_number="CIFAR-10, 40% symmetric noise: ELR 89.15% (91.43% with cosine annealing) clean test accuracy",
+        paper_scale="CIFAR-10/100 (ResNet-34, 150 epochs), Clothing1M, WebVision",
+        notes="A 10k-image CIFAR-10 subset and a small CNN for 20 epochs.",
+    ),
+]

@@ -1,0 +1,170 @@
+"""Weight Compander: every weight is a compressing-expanding function of a latent parameter.
+
+Paper: Rinor Cakaj, Jens Mehnert, Bin Yang, "Weight Compander: A Simple Weight Reparameterization for
+Regularization", IJCNN 2023, arXiv:2306.16993.
+
+Claim (abstract): a weight reparameterization function "applied to each weight ... implicitly
+reduces overfitting by restricting the magnitude of the weights while forcing them away from zero
+at the same time", and "using weight compander in addition to standard regularization methods
+improves the performance of neural networks". The function's hyperparameters can also be learned.
+Paper scale: image classification on CIFAR-10/100 and related benchmarks with ResNets/WRNs, in
+addition to weight decay, dropout and augmentation. Where this falls short: small CPU tasks, few
+epochs; and the function below is a reconstruction (see next paragraph).
+
+The function. The paper's exact formula could not be checked against the paper text here; this
+module implements the power-law compander
+
+    w = f(v) = sign(v) * ((|v| + beta) ** alpha - beta ** alpha),   0 < alpha < 1, beta > 0,
+
+which has the two properties the paper names: it grows sublinearly (|w| ~ |v|^alpha: large weights
+are compressed, their magnitude restricted) and it is steep at zero (f'(0) = alpha * beta **
+(alpha - 1) > 1 for small beta: near-zero latent values are expanded away from zero, and their
+gradients amplified). f is odd, strictly increasing and invertible, with
+v = sign(w) * ((|w| + beta ** alpha) ** (1 / alpha) - beta). Defaults alpha = 0.5, beta = 0.01.
+``learnable=True`` makes alpha and beta trainable per layer (kept in range by a sigmoid and a
+softplus).
+
+Built on torch.nn.utils.parametrize: the optimizer and weight decay act on the latent v
+(``module.parametrizations.weight.original``), and ``right_inverse`` sets v so that the initial
+effective weights equal the model's own initialization. ``remove_compander(model)`` bakes the
+companded weights in (``remove_parametrizations(leave_parametrized=True)``) for export, with
+unchanged outputs.
+
+Plain PyTorch::
+
+    import torch
+    from trainlab.techniques.regularization.weight_compander import apply_compander, remove_compander
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    apply_compander(model, alpha=0.5, beta=0.01)      # any optimizer now trains the latent weights
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=5e-4)
+    model(torch.randn(4, 8)).sum().backward(); opt.step()
+    remove_compander(model)                           # plain weights again, same outputs
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from trainlab.claims.claim import Claim, arm
+from trainlab.errors import ConfigError
+from trainlab.techniques.registry import register
+from trainlab.training.technique import Paper, Technique
+
+PAPER = Paper("Weight Compander: A Simple Weight Reparameterization for Regularization",
+              "Cakaj, Mehnert, Yang", 2023, "2306.16993")
+LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def compand(v: torch.Tensor, alpha: torch.Tensor | float, beta: torch.Tensor | float) -> torch.Tensor:
+    """f(v) = sign(v) * ((|v| + beta)^alpha - beta^alpha)."""
+    beta_t = torch.as_tensor(beta, dtype=v.dtype, device=v.device)
+    return torch.sign(v) * ((v.abs() + beta_t) ** alpha - beta_t ** alpha)
+
+
+def expand(w: torch.Tensor, alpha: torch.Tensor | float, beta: torch.Tensor | float) -> torch.Tensor:
+    """The inverse of `compand`: v = sign(w) * ((|w| + beta^alpha)^(1/alpha) - beta)."""
+    beta_t = torch.as_tensor(beta, dtype=w.dtype, device=w.device)
+    return torch.sign(w) * ((w.abs() + beta_t ** alpha) ** (1.0 / alpha) - beta_t)
+
+
+class Compander(nn.Module):
+    """A parametrization w = compand(v); alpha, beta fixed or learnable."""
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.01, learnable: bool = False) -> None:
+        super().__init__()
+        if not 0.0 < alpha < 1.0 or beta <= 0:
+            raise ConfigError(f"weight compander needs 0 < alpha < 1 and beta > 0, got alpha={alpha}, beta={beta}")
+        self.learnable = learnable
+        if learnable:  # unconstrained parameters mapped into (0, 1) and (0, inf)
+            self.alpha_raw = nn.Parameter(torch.logit(torch.tensor(float(alpha))))
+            self.beta_raw = nn.Parameter(torch.tensor(math.log(math.expm1(beta))))
+        else:
+            self.register_buffer("alpha_value", torch.tensor(float(alpha)))
+            self.register_buffer("beta_value", torch.tensor(float(beta)))
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return torch.sigmoid(self.alpha_raw) if self.learnable else self.alpha_value
+
+    @property
+    def beta(self) -> torch.Tensor:
+        return F.softplus(self.beta_raw) if self.learnable else self.beta_value
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return compand(v, self.alpha.to(v.dtype), self.beta.to(v.dtype))
+
+    def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return expand(w, self.alpha.to(w.dtype), self.beta.to(w.dtype))
+
+
+def compander_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, LAYERS)]
+
+
+def apply_compander(model: nn.Module, alpha: float = 0.5, beta: float = 0.01, learnable: bool = False) -> nn.Module:
+    """Reparameterize the weight of every Linear/Conv layer of `model` in place; returns the model."""
+    layers = compander_layers(model)
+    if not layers:
+        raise ConfigError(f"{type(model).__name__} has no Linear or Conv layers to reparameterize")
+    for m in layers:
+        if parametrize.is_parametrized(m, "weight"):
+            raise ConfigError(f"{type(m).__name__}.weight is already parametrized; weight compander would stack on it")
+        parametrize.register_parametrization(m, "weight", Compander(alpha, beta, learnable))
+    return model
+
+
+def remove_compander(model: nn.Module) -> nn.Module:
+    """Bake the companded weights into plain parameters (for export); outputs are unchanged."""
+    for m in compander_layers(model):
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    return model
+
+
+@register
+class WeightCompander(Technique):
+    """Reparameterize every Linear/Conv weight as w = sign(v)((|v|+beta)^alpha - beta^alpha)."""
+
+    name = "weight_compander"
+    family = "regularization"
+    paper = PAPER
+    modifies = frozenset({"model"})
+    summary = "reparameterize each weight with a compressing-expanding (compander) function"
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.01, learnable: bool = False) -> None:
+        Compander(alpha, beta, learnable)  # validate early, with the same message
+        super().__init__(alpha=alpha, beta=beta, learnable=learnable)
+        self.alpha, self.beta, self.learnable = float(alpha), float(beta), bool(learnable)
+
+    def prepare(self, model: nn.Module, task: Any) -> nn.Module:
+        return apply_compander(model, self.alpha, self.beta, self.learnable)
+
+
+_QUOTE = ("We show experimentally that using weight compander in addition to standard regularization methods "
+          "improves the performance of neural networks")
+_SCALE = "image classification benchmarks (CIFAR-10/100 and similar) with ResNet-style networks"
+
+CLAIMS = [
+    Claim(
+        id="weight-compander-with-wd-cifar10-cnn", technique="weight_compander", task="cifar10-cnn",
+        metric="test_acc", direction="higher", treatment=arm("weight_compander"), baseline=arm(), seeds=5,
+        suites=("full",), overrides={"epochs": 15}, paper_quote=_QUOTE,
+        paper_number="(not verified here: the paper's tables could not be read in this environment)",
+        paper_scale=_SCALE, notes="Task weight decay 5e-4 in both arms (applied to the latent weights in the "
+                                  "treatment); the compander formula is a reconstruction (see the module docstring).",
+    ),
+    Claim(
+        id="weight-compander-no-wd-cifar10-cnn", technique="weight_compander", task="cifar10-cnn",
+        metric="test_acc", direction="higher", treatment=arm("weight_compander"), baseline=arm(), seeds=5,
+        suites=("full",), overrides={"epochs": 15, "weight_decay": 0.0}, paper_quote=_QUOTE,
+        paper_number="(not verified here: the paper's tables could not be read in this environment)",
+        paper_scale=_SCALE, notes="No weight decay in either arm: the compander as the only weight regularizer.",
+    ),
+]
