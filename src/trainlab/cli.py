@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Download a dataset's official files, with checksum verification.")
     s.add_argument("action", choices=["download"])
     s.add_argument("dataset", choices=["mnist", "fashion-mnist", "cifar10"])
-    s.add_argument("--dest", type=Path, help="folder (default: the trainlab data folder)")
+    s.add_argument("--dest", type=Path, help="folder (default: where trainlab's loaders look for it)")
     return p
 
 
@@ -321,10 +321,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from trainlab.tasks.datasets import download, user_data_dir
+    from trainlab.tasks.datasets import download
 
-    dest = args.dest or user_data_dir()
-    path = download(args.dataset, dest)
+    path = download(args.dataset, args.dest, log=print)
     print(f"{args.dataset}: downloaded and verified into {path}")
     return 0
 
