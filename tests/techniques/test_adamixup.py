@@ -64,3 +64,12 @@ def test_cannot_be_combined_with_another_mixing_policy_or_objective():
         build_techniques(["adamixup", "mixup"])
     with pytest.raises(ConfigError, match="loss objective"):
         build_techniques(["adamixup", "elr"])
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path):
+    full = run_training(TASK, ["adamixup"], seed=4, keep_state=True)
+    ck = tmp_path / "run.ckpt"
+    run_training(TASK, ["adamixup"], seed=4, checkpoint=ck, stop_after_epochs=1)
+    resumed = run_training(TASK, ["adamixup"], seed=4, checkpoint=ck, resume=True, keep_state=True)
+    assert full.state.keys() == resumed.state.keys()
+    assert all(torch.equal(full.state[k], resumed.state[k]) for k in full.state)

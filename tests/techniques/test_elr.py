@@ -104,3 +104,17 @@ def test_bad_settings():
         ELR(beta=1.0)
     with pytest.raises(ConfigError):
         ELR(lam=-1)
+
+
+def _same_state(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path):
+    techs = [("mixup", {}), ("elr", {})]
+    task = TINY.with_overrides({"epochs": 3})
+    full = run_training(task, techs, seed=2, keep_state=True)
+    ck = tmp_path / "run.ckpt"
+    run_training(task, techs, seed=2, checkpoint=ck, stop_after_epochs=1)
+    resumed = run_training(task, techs, seed=2, checkpoint=ck, resume=True, keep_state=True)
+    assert _same_state(full.state, resumed.state)

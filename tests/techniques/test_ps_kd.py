@@ -89,3 +89,12 @@ def test_runs_through_the_trainer_alone_and_with_mixup():
         result = run_training(TINY, techs, seed=1)
         assert result.status == "finished"
         assert 0.0 <= result.final["test_acc"] <= 1.0
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path):
+    full = run_training(TINY, [("ps_kd", {})], seed=3, keep_state=True)
+    ck = tmp_path / "run.ckpt"
+    run_training(TINY, [("ps_kd", {})], seed=3, checkpoint=ck, stop_after_epochs=2)
+    resumed = run_training(TINY, [("ps_kd", {})], seed=3, checkpoint=ck, resume=True, keep_state=True)
+    assert full.state.keys() == resumed.state.keys()
+    assert all(torch.equal(full.state[k], resumed.state[k]) for k in full.state)

@@ -131,20 +131,21 @@ _SCALE = "CIFAR-100 / Tiny-ImageNet / ImageNet-1k / fine-grained sets, ResNet-18
 
 CLAIMS = [
     Claim(
-        id="decoupled-mixup-vs-mixup-cifar10-cnn", technique="decoupled_mixup", task="cifar10-cnn",
+        id="decoupled-mixup-vs-mixup-mnist1d", technique="decoupled_mixup", task="mnist1d-mlp",
         metric="test_acc", direction="higher",
         treatment=arm(("mixup", {"alpha": 1.0}), ("decoupled_mixup", {"eta": 0.1})),
-        baseline=arm(("mixup", {"alpha": 1.0})), seeds=10, suites=("full",), overrides={"epochs": 15},
+        baseline=arm(("mixup", {"alpha": 1.0})), seeds=10, suites=("full",),
         paper_quote=_QUOTE, paper_number="a fraction of a point to ~1.5 points of top-1 for static mixups",
         paper_scale=_SCALE,
-        notes="Small expected effect: 10 seeds. Mixup alpha=1 (the paper's CIFAR setting uses alpha=1 for mixup).",
+        notes="Small expected effect: 10 seeds. MNIST-1D with an MLP (20 epochs, Adam), where the baseline overfits. "
+              "Mixup alpha=1 in both arms.",
     ),
     Claim(
-        id="decoupled-mixup-vs-erm-cifar10-cnn", technique="decoupled_mixup", task="cifar10-cnn",
+        id="decoupled-mixup-vs-erm-mnist1d", technique="decoupled_mixup", task="mnist1d-mlp",
         metric="test_acc", direction="higher",
         treatment=arm(("mixup", {"alpha": 1.0}), ("decoupled_mixup", {"eta": 0.1})),
-        baseline=arm(), seeds=10, suites=("full",), overrides={"epochs": 15},
+        baseline=arm(), seeds=10, suites=("full",),
         paper_quote=_QUOTE, paper_number="DM improves on the no-mixing baseline by more than mixup alone does",
-        paper_scale=_SCALE, notes="Small expected effect: 10 seeds.",
+        paper_scale=_SCALE, notes="Small expected effect: 10 seeds. MNIST-1D with an MLP (20 epochs, Adam).",
     ),
 ]
