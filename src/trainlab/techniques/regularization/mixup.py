@@ -11,8 +11,9 @@ PreAct ResNet-18 test error 5.6% (ERM) -> 4.2% (mixup, alpha=1), Table 2.
 Where this falls short: here it is checked on small CPU tasks for a few epochs, where mixup's
 regularization has less overfitting to remove (short schedules are known to favour ERM).
 
-One lam per batch and a random permutation of the batch as partner, as in the paper's
-Figure 1 code. The permutation and lam come from the run's technique generator.
+One lam per batch, as in the paper's Figure 1 code; the partner of each sample is given by a
+random permutation of the batch (as in the authors' CIFAR code; Figure 1 zips two shuffled
+loaders instead). The permutation and lam come from the run's technique generator.
 
 Plain PyTorch::
 

@@ -1,7 +1,7 @@
 """Weight Compander: every weight is a compressing-expanding function of a latent parameter.
 
 Paper: Rinor Cakaj, Jens Mehnert, Bin Yang, "Weight Compander: A Simple Weight Reparameterization for
-Regularization", IJCNN 2023, arXiv:2306.16993.
+Regularization", 2023, arXiv:2306.16993.
 
 Claim (abstract): a weight reparameterization function "applied to each weight ... implicitly
 reduces overfitting by restricting the magnitude of the weights while forcing them away from zero
