@@ -36,6 +36,8 @@ TECHNIQUE_MODULES: list[str] = [
     "trainlab.techniques.regularization.ps_kd",
     "trainlab.techniques.regularization.nested_dropout",
     "trainlab.techniques.regularization.orthogonal_conv",
+    "trainlab.techniques.pruning.hesso",
+    "trainlab.techniques.pruning.magnitude",
 ]
 
 _REGISTRY: dict[str, type[Technique]] = {}
