@@ -12,7 +12,6 @@ from torch import nn
 
 from trainlab.errors import ConfigError
 from trainlab.tasks.task import DataBundle, Task
-from trainlab.techniques.pruning.hesso import HESSO
 from trainlab.techniques.pruning.magnitude import magnitude_selection
 from trainlab.techniques.pruning.space import PruningSpace
 

@@ -26,7 +26,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from torch.fx.node import Node
 
 from trainlab.errors import ConfigError

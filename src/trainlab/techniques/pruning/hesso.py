@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
