@@ -120,11 +120,9 @@ class BatchChannelNorm(nn.Module):
             raise ConfigError(f"BatchChannelNorm({self.num_channels}): expected input [N, {self.num_channels}, ...], "
                               f"got {list(x.shape)}")
         out = self._batch_part(x)
-        n = x.shape[0]
-        grouped = out.reshape(n, self.num_groups, -1)
-        mean = grouped.mean(dim=2, keepdim=True)
-        var = grouped.var(dim=2, unbiased=False, keepdim=True)
-        grouped = (grouped - mean) / torch.sqrt(var + self.eps)
+        if out.dim() == 2:  # F.group_norm needs at least one axis after the channels
+            out = out.unsqueeze(-1)
+        grouped = F.group_norm(out, self.num_groups, None, None, self.eps).reshape(x.shape[0], self.num_groups, -1)
         return (grouped * self.gn_weight + self.gn_bias).reshape(x.shape)
 
     def extra_repr(self) -> str:
