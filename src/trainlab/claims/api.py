@@ -102,7 +102,7 @@ class _RunProgress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-            self.console = self.console or Console(stderr=True)
+            self.console = self.console or Console(stderr=True, soft_wrap=True)
             self.progress = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                      TextColumn("eta"), TimeRemainingColumn(), console=self.console, transient=True)
         return self

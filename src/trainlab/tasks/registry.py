@@ -55,7 +55,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
           model_kwargs={"channels": (32, 64, 64)}, augment="shift",
           description="MNIST-1D, 1-D BatchNorm CNN, Adam, 15 epochs"),
     _task("cifar10-cnn", "cifar10", "cnn", epochs=8, batch_size=128, lr=0.05, weight_decay=5e-4, train_subset=10_000,
-          model_kwargs={"channels": (32, 64, 128)}, augment="crop-flip",
+          model_kwargs={"channels": (16, 32, 64)}, augment="crop-flip",
           description="CIFAR-10, 10k-image train subset, small BatchNorm CNN, 8 epochs"),
     _task("cifar10-resnet", "cifar10", "resnet", epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4,
           model_kwargs={"depth": 20, "width": 16}, augment="crop-flip",
