@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -35,8 +35,14 @@ from trainlab.techniques.normalization.batch_channel_norm import BatchChannelNor
 from trainlab.techniques.normalization.evonorm import EvoNormB0, EvoNormS0
 from trainlab.techniques.normalization.power_norm import PowerNorm
 from trainlab.techniques.normalization.region_norm import RegionNormB
-from trainlab.techniques.normalization.unified_norm import UnifiedNorm, fold_unified_norm
-from trainlab.techniques.normalization.weight_standardization import apply_weight_standardization
+from trainlab.techniques.normalization.unified_norm import (
+    UnifiedNorm,
+    fold_unified_norm,
+)
+from trainlab.techniques.normalization.weight_standardization import (
+    apply_weight_standardization,
+)
+
 
 class Step:
     """One pass to time and measure; `reset` frees what the previous pass left (gradients)."""

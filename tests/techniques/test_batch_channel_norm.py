@@ -7,8 +7,14 @@ from torch import nn
 
 from trainlab.errors import ConfigError
 from trainlab.tasks.norms import make_norm
-from trainlab.techniques.normalization.batch_channel_norm import WSBCN, BatchChannelNorm, prepare_ws_bcn
-from trainlab.techniques.normalization.weight_standardization import is_weight_standardized
+from trainlab.techniques.normalization.batch_channel_norm import (
+    WSBCN,
+    BatchChannelNorm,
+    prepare_ws_bcn,
+)
+from trainlab.techniques.normalization.weight_standardization import (
+    is_weight_standardized,
+)
 
 EPS = 1e-5
 

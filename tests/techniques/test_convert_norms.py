@@ -8,7 +8,11 @@ from torch import nn
 from trainlab.errors import ConfigError
 from trainlab.tasks.norms import ChannelLast
 from trainlab.techniques.normalization.batch_channel_norm import BatchChannelNorm
-from trainlab.techniques.normalization.convert import ChannelFirst, ConvertNorms, convert_norms
+from trainlab.techniques.normalization.convert import (
+    ChannelFirst,
+    ConvertNorms,
+    convert_norms,
+)
 from trainlab.techniques.normalization.evonorm import EvoNormS0
 from trainlab.techniques.normalization.power_norm import PowerNorm
 

@@ -20,7 +20,7 @@ def _params(m: nn.Module) -> None:
 
 def _b0_reference(x: torch.Tensor, batch_var: torch.Tensor, v, w, b) -> torch.Tensor:
     # y = x / max(sqrt(s2_bwh + eps), v1 x + sqrt(s2_wh + eps)) * gamma + beta, written element by element
-    n, c, h, wd = x.shape
+    n, c = x.shape[:2]
     y = torch.empty_like(x)
     for i in range(n):
         for j in range(c):

@@ -9,7 +9,12 @@ from torch import nn
 from trainlab.errors import ConfigError
 from trainlab.tasks.norms import make_norm
 from trainlab.techniques.normalization.convert import ChannelFirst
-from trainlab.techniques.normalization.power_norm import PowerFunction, PowerNorm, PowerNormTechnique, group_scaling
+from trainlab.techniques.normalization.power_norm import (
+    PowerFunction,
+    PowerNorm,
+    PowerNormTechnique,
+    group_scaling,
+)
 
 EPS = 1e-5
 

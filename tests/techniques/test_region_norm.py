@@ -6,7 +6,12 @@ import torch
 from torch import nn
 
 from trainlab.errors import ConfigError
-from trainlab.techniques.normalization.region_norm import MaskedRegionNorm, RegionNorm, RegionNormB, apply_region_norm
+from trainlab.techniques.normalization.region_norm import (
+    MaskedRegionNorm,
+    RegionNorm,
+    RegionNormB,
+    apply_region_norm,
+)
 
 EPS = 1e-5
 

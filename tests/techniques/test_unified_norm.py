@@ -8,7 +8,11 @@ from torch import nn
 from trainlab.errors import ConfigError
 from trainlab.tasks.norms import make_norm
 from trainlab.techniques.normalization.unified_norm import (
-    UnifiedNorm, UnifiedNormTechnique, fold_unified_norm, fold_unified_norms)
+    UnifiedNorm,
+    UnifiedNormTechnique,
+    fold_unified_norm,
+    fold_unified_norms,
+)
 
 EPS = 1e-5
 

@@ -8,8 +8,12 @@ from torch.nn.utils import parametrize
 
 from trainlab.errors import ConfigError
 from trainlab.techniques.normalization.weight_standardization import (
-    WeightStandardization, WeightStandardizationTechnique, apply_weight_standardization, is_weight_standardized,
-    remove_weight_standardization)
+    WeightStandardization,
+    WeightStandardizationTechnique,
+    apply_weight_standardization,
+    is_weight_standardized,
+    remove_weight_standardization,
+)
 
 
 def _paper_ws(w: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

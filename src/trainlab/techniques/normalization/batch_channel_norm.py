@@ -63,8 +63,15 @@ from torch import nn
 from trainlab.claims.claim import Claim, arm
 from trainlab.errors import ConfigError
 from trainlab.tasks.norms import ChannelLast, group_count, register_norm
-from trainlab.techniques.normalization.convert import ConversionReport, convert_norms, register_builder
-from trainlab.techniques.normalization.weight_standardization import PAPER, apply_weight_standardization
+from trainlab.techniques.normalization.convert import (
+    ConversionReport,
+    convert_norms,
+    register_builder,
+)
+from trainlab.techniques.normalization.weight_standardization import (
+    PAPER,
+    apply_weight_standardization,
+)
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Technique
 

@@ -69,8 +69,12 @@ from torch import nn
 
 from trainlab.claims.claim import Claim, arm
 from trainlab.errors import ConfigError
-from trainlab.techniques.normalization.convert import ChannelFirst, convert_norms, register_builder
 from trainlab.tasks.norms import register_norm
+from trainlab.techniques.normalization.convert import (
+    ChannelFirst,
+    convert_norms,
+    register_builder,
+)
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Paper, Technique, TrainState
 
@@ -208,7 +212,7 @@ class PowerNormTechnique(Technique):
         # the official scripts tie PN's warm-up to the learning-rate warm-up (--warmup-updates)
         if self.warmup == "task":
             warmup_epochs = getattr(state.task, "warmup_epochs", 0.0) or 0.0
-            steps = int(round(warmup_epochs * state.steps_per_epoch))
+            steps = round(warmup_epochs * state.steps_per_epoch)
         else:
             steps = self.warmup
         for m in model.modules():

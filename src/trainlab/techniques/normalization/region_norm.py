@@ -103,7 +103,7 @@ class InputHoleMask:
     """A forward pre-hook for a model's root: marks positions where every input channel equals
     `hole_value` as holes and hands that mask to every RegionNormB wrapper of the model."""
 
-    def __init__(self, layers: list["MaskedRegionNorm"], hole_value: float) -> None:
+    def __init__(self, layers: list[MaskedRegionNorm], hole_value: float) -> None:
         self.layers, self.hole_value = layers, hole_value
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:

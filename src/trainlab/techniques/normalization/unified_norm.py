@@ -54,6 +54,7 @@ Plain PyTorch::
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -63,7 +64,11 @@ from torch import nn
 from trainlab.claims.claim import Claim, arm
 from trainlab.errors import ConfigError
 from trainlab.tasks.norms import register_norm
-from trainlab.techniques.normalization.convert import ChannelFirst, convert_norms, register_builder
+from trainlab.techniques.normalization.convert import (
+    ChannelFirst,
+    convert_norms,
+    register_builder,
+)
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Paper, Technique, TrainState
 
@@ -228,7 +233,7 @@ def fold_unified_norms(model: nn.Module) -> list[str]:
         if not isinstance(parent, nn.Sequential):
             continue
         names = list(parent._modules)
-        for a, b in zip(names, names[1:]):
+        for a, b in itertools.pairwise(names):
             lin, un = parent._modules[a], parent._modules[b]
             if isinstance(lin, nn.Linear) and isinstance(un, UnifiedNorm):
                 parent._modules[a] = fold_unified_norm(un, lin, "preceding")
@@ -283,8 +288,8 @@ class UnifiedNormTechnique(Technique):
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
         if self.warmup == "auto":
             # at least one full window first: filtration on a half-empty window would flag every step
-            warmup = max(int(math.ceil(0.04 * state.total_steps)), self.window_size + 1)
-            compensation = max(int(math.ceil(0.01 * state.total_steps)), warmup)
+            warmup = max(math.ceil(0.04 * state.total_steps), self.window_size + 1)
+            compensation = max(math.ceil(0.01 * state.total_steps), warmup)
         else:
             warmup, compensation = self.warmup, max(1000, self.warmup)
         for m in model.modules():
