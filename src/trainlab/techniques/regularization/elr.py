@@ -62,10 +62,17 @@ def update_targets(targets: torch.Tensor, index: torch.Tensor, probs: torch.Tens
     targets[index] = beta * targets[index] + (1.0 - beta) * p.to(targets.device)
 
 
+def clamped_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    return F.softmax(logits.float(), dim=1).clamp(CLAMP, 1.0 - CLAMP)
+
+
+def regularizer_from_probabilities(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.log(1.0 - (target.to(p.device) * p).sum(dim=1)).mean()
+
+
 def elr_regularizer(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean_i log(1 - <t_i, clamp(softmax(z_i))>); minimizing it pulls p_i towards t_i."""
-    p = F.softmax(logits.float(), dim=1).clamp(CLAMP, 1.0 - CLAMP)
-    return torch.log(1.0 - (target.to(p.device) * p).sum(dim=1)).mean()
+    return regularizer_from_probabilities(clamped_probabilities(logits), target)
 
 
 class ELRLoss(nn.Module):
@@ -113,13 +120,15 @@ class ELR(Technique):
 
     def loss(self, outputs: torch.Tensor, batch: Batch, state: TrainState, base_loss: torch.Tensor) -> torch.Tensor:
         assert self.targets is not None, "on_train_start was not called"
-        update_targets(self.targets, batch.indices, unmixed_probabilities(state, batch, outputs), self.beta)
-        target = self.targets[batch.indices]
+        p = clamped_probabilities(outputs)  # one softmax for the update (detached) and the regularizer
         mix = batch.meta.get("mix")
+        own = p.detach() if mix is None else unmixed_probabilities(state, batch, outputs)
+        update_targets(self.targets, batch.indices, own, self.beta)
+        target = self.targets[batch.indices]
         if mix is not None:
             lam = mix["lam"].view(-1, 1)
             target = lam * target + (1.0 - lam) * target[mix["perm"]]
-        return base_loss + self.lam * elr_regularizer(outputs, target)
+        return base_loss + self.lam * regularizer_from_probabilities(p, target)
 
     def state_dict(self) -> dict[str, Any]:
         return {"targets": None if self.targets is None else self.targets.detach().cpu().clone()}
