@@ -8,9 +8,11 @@ Only the driver writes the store.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import os
+import pickle
+import selectors
+import subprocess
+import sys
 import traceback
 from typing import Any, Callable, Iterator, Sequence
 
@@ -37,19 +39,43 @@ def execute_payload(payload: Payload) -> dict[str, Any]:
     return result.to_dict()
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-
-
 def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+class _Worker:
+    def __init__(self, threads: int) -> None:
+        # the worker sees the driver's import path, so functions pickled by reference resolve
+        path = os.pathsep.join(p for p in sys.path if p)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": path}
+        self.proc = subprocess.Popen([sys.executable, "-m", "trainlab.claims.worker", str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.job: int | None = None
+
+    def send(self, job: int, payload: Payload) -> None:
+        self.job = job
+        pickle.dump((job, payload), self.proc.stdin)
+        self.proc.stdin.flush()
+
+    def receive(self) -> tuple[int, dict[str, Any]] | None:
+        try:
+            job, result = pickle.load(self.proc.stdout)
+        except (EOFError, pickle.UnpicklingError):
+            return None  # the worker died
+        self.job = None
+        return job, result
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+
+
 def run_local(payloads: Sequence[Payload], workers: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (index, result dict) as runs finish."""
+    """Yield (index, result dict) as runs finish. With one worker, runs happen in this process."""
     workers = workers or default_workers()
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
@@ -58,17 +84,42 @@ def run_local(payloads: Sequence[Payload], workers: int | None = None) -> Iterat
             yield i, execute_payload(p)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                initargs=(threads,)) as pool:
-        futures = {pool.submit(execute_payload, p): i for i, p in enumerate(payloads)}
-        try:
-            for fut in cf.as_completed(futures):
-                yield futures[fut], fut.result()
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+    queue = list(range(len(payloads)))[::-1]
+    pool = [_Worker(threads) for _ in range(min(workers, len(payloads)))]
+    selector = selectors.DefaultSelector()
+    try:
+        for w in pool:
+            job = queue.pop()
+            w.send(job, payloads[job])
+            selector.register(w.proc.stdout, selectors.EVENT_READ, w)
+        while selector.get_map():
+            for key, _ in selector.select():
+                w: _Worker = key.data
+                job = w.job
+                got = w.receive()
+                if got is None:  # crashed (e.g. killed for memory): report the run, replace the worker
+                    selector.unregister(w.proc.stdout)
+                    w.close()
+                    yield job, RunResult(status="failed", error=f"worker process died (exit code {w.proc.poll()})").to_dict()
+                    if queue:
+                        w = _Worker(threads)
+                        pool.append(w)
+                        nxt = queue.pop()
+                        w.send(nxt, payloads[nxt])
+                        selector.register(w.proc.stdout, selectors.EVENT_READ, w)
+                    continue
+                yield got
+                if queue:
+                    nxt = queue.pop()
+                    w.send(nxt, payloads[nxt])
+                else:
+                    selector.unregister(w.proc.stdout)
+                    w.close()
+    finally:
+        selector.close()
+        for w in pool:
+            if w.proc.poll() is None:
+                w.proc.kill()
 
 
 def run_ray(payloads: Sequence[Payload], workers: int | None = None,

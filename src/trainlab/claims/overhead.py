@@ -79,8 +79,8 @@ def _optimizer_state_bytes(run: RunSetup) -> int:
 
 
 def measure_overhead(baseline_task, baseline_techniques, treatment_task, treatment_techniques, seed: int = 0,
-                     device: str = "cpu", block_seconds: float = 0.25, blocks: int = 10, warmup: int = 5,
-                     max_steps_per_block: int = 200) -> dict[str, Any]:
+                     device: str = "cpu", block_seconds: float = 0.2, blocks: int = 8, warmup: int = 5,
+                     max_steps_per_block: int = 50) -> dict[str, Any]:
     """Time, memory, parameter and optimizer-state ratios treatment / baseline.
 
     Each timed block lasts about `block_seconds` (at least 3 steps), so that fast steps are not
@@ -92,7 +92,7 @@ def measure_overhead(baseline_task, baseline_techniques, treatment_task, treatme
     for run in runs.values():
         for t in run.techniques:
             t.on_train_start(run.model, run.optimizer, run.state)
-    batches = {k: _batches(r, 8, seed + 1) for k, r in runs.items()}
+    batches = {k: _batches(r, 32, seed + 1) for k, r in runs.items()}
     memory = {k: _step_memory(r, batches[k][0]) for k, r in runs.items()}
     warm_time = 0.0
     for k, r in runs.items():
