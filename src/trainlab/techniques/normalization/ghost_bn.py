@@ -206,7 +206,7 @@ def _claims() -> list[Claim]:
             baseline=arm(batch_size=512, label="bs 512 plain"),
             paper_quote=quote, paper_number="Table 1: with LR + GBN + RA the large-batch error comes back to the small-batch level",
             paper_scale="MNIST, CIFAR-10/100, ImageNet; batch 4096 vs 128, 100-200 epochs",
-            min_effect=0.0, seeds=5, suites=("quick", "full"),
+            min_effect=0.0, seeds=5, suites=("full",),
             notes="Large batch 512 vs the task's 64 (x8): the treatment gets 8x the epochs (as many updates as bs 64).",
         ),
         Claim(
@@ -219,7 +219,7 @@ def _claims() -> list[Claim]:
                         "without increasing the number of updates\" (abstract)",
             paper_number="Table 1: +GBN lowers the large-batch error below +LR alone, at the same number of epochs",
             paper_scale="MNIST, CIFAR-10/100, ImageNet; batch 4096 vs 128",
-            seeds=5, suites=("full",),
+            seeds=5, suites=("quick", "full"),
             notes="Isolates Ghost BN: both arms large batch with the sqrt learning-rate scaling, same epochs.",
         ),
         Claim(

@@ -172,31 +172,47 @@ class PeriLNProbe(Technique):
 _PROBE = ("peri-ln-probe", {})
 _QUOTE = ("\"Peri-LN consistently achieves more balanced variance growth, steadier gradient flow, and convergence "
           "stability\" (abstract)")
+_PRE = arm(_PROBE, label="Pre-LN", model_kwargs={"norm_placement": "pre"})
+_PERI = arm(_PROBE, label="Peri-LN", model_kwargs={"norm_placement": "peri"})
+_SCALE = "decoder-only LMs, 400M-3.2B parameters, 30B tokens"
+#: a learning rate 30x the task's (AdamW 1e-3), 4 blocks, 8 epochs; both arms run the probe
+_HIGH_LR = {"lr": 3e-2, "epochs": 8, "model_kwargs": {"depth": 4}}
 
 CLAIMS = [
     Claim(
-        id="peri-ln-variance-growth", technique="peri-ln-probe", task="seq-transformer",
-        metric="hidden_var_growth", direction="lower",
-        treatment=arm(_PROBE, label="Peri-LN", model_kwargs={"norm_placement": "peri"}),
-        baseline=arm(_PROBE, label="Pre-LN", model_kwargs={"norm_placement": "pre"}),
-        overrides={"lr": 1e-2, "model_kwargs": {"depth": 4}},
+        id="peri-ln-hidden-variance", technique="peri-ln-probe", task="seq-transformer",
+        metric="hidden_var_last", direction="lower", treatment=_PERI, baseline=_PRE, overrides=_HIGH_LR,
         paper_quote=_QUOTE,
-        paper_number="hidden-state variance grows by orders of magnitude across layers with Pre-LN and stays "
-                     "nearly flat with Peri-LN (400M-3.2B models)",
-        paper_scale="decoder-only LMs, 400M-3.2B parameters, 30B tokens",
-        seeds=5, suites=("full",),
-        notes="lr 1e-2 (10x the task's) and 4 blocks; both arms run the probe, only norm_placement differs.",
+        paper_number="hidden-state variance grows by orders of magnitude across layers and training with "
+                     "Pre-LN and stays small with Peri-LN",
+        paper_scale=_SCALE, seeds=5, suites=("full",),
+        notes="Variance of the residual stream after the last block, on a fixed batch, at the end of training.",
+    ),
+    Claim(
+        id="peri-ln-variance-growth", technique="peri-ln-probe", task="seq-transformer",
+        metric="hidden_var_growth", direction="lower", treatment=_PERI, baseline=_PRE, overrides=_HIGH_LR,
+        paper_quote=_QUOTE,
+        paper_number="Pre-LN's hidden-state variance keeps growing with depth; Peri-LN's grows slowly",
+        paper_scale=_SCALE, seeds=5, suites=("full",),
+        notes="Growth across depth: Var(after last block) / Var(after first block). Same runs as "
+              "peri-ln-hidden-variance.",
     ),
     Claim(
         id="peri-ln-loss-spikes", technique="peri-ln-probe", task="seq-transformer",
-        metric="loss_spikes_total", direction="lower",
-        treatment=arm(_PROBE, label="Peri-LN", model_kwargs={"norm_placement": "peri"}),
-        baseline=arm(_PROBE, label="Pre-LN", model_kwargs={"norm_placement": "pre"}),
-        overrides={"lr": 1e-2, "model_kwargs": {"depth": 4}},
+        metric="loss_spikes_total", direction="lower", treatment=_PERI, baseline=_PRE, overrides=_HIGH_LR,
         paper_quote=_QUOTE,
         paper_number="Pre-LN runs spike or diverge at learning rates where Peri-LN trains stably",
-        paper_scale="decoder-only LMs, 400M-3.2B parameters, 30B tokens",
-        seeds=5, suites=("full",),
-        notes="A spike: loss > 2x the median of the previous 50 steps and > that median + 0.1.",
+        paper_scale=_SCALE, seeds=5, suites=("full",),
+        notes="A spike: loss > 2x the median of the previous 50 steps and > that median + 0.1. Same runs as "
+              "peri-ln-hidden-variance.",
+    ),
+    Claim(
+        id="peri-ln-very-high-lr", technique="peri-ln-probe", task="seq-transformer",
+        metric="test_acc", direction="higher", treatment=_PERI, baseline=_PRE,
+        overrides={**_HIGH_LR, "lr": 1e-1},
+        paper_quote=_QUOTE,
+        paper_number="Pre-LN runs spike or diverge at learning rates where Peri-LN trains stably",
+        paper_scale=_SCALE, seeds=5, suites=("full",),
+        notes="At a learning rate 100x the task's, does Peri-LN still train where Pre-LN fails?",
     ),
 ]
