@@ -17,9 +17,8 @@ Paper scale: CIFAR-10 continual random-label memorization (20M steps, 200 label 
 1e-4), Rainbow on 57 Atari games and 10 sequential games (20M frames per game), ResNet-18/50 and a
 400M-parameter transformer on stationary tasks.
 Where this falls short: here the task sequence is a handful of label re-permutations (or
-re-randomizations) of the digits data for tens of epochs, so plasticity loss is mild; the paper's
-official code is not public, so details below follow the paper's text (as summarized in the
-module's notes), not its code.
+re-randomizations) of the digits data for tens of epochs, so plasticity loss is mild; no
+official code for NaP was found, so the details below follow the paper's text.
 
 What this implementation does:
 
