@@ -164,12 +164,13 @@ _QUOTE = ("Empirically, we find that TrAct (Training Activations) speeds up trai
 _SCALE = "CIFAR-10/100 (ResNets, ViTs; 100-800 epochs) and ImageNet, several optimizers"
 CLAIMS = [
     Claim(
-        id="tract-faster-digits", technique="tract", task="digits-cnn", metric="epochs_to:test_acc>=0.97",
-        direction="lower", treatment=arm("tract", label="TrAct (lambda 0.1)"), baseline=arm(label="SGD"),
+        id="tract-faster-mnist1d", technique="tract", task="mnist1d-cnn", metric="epochs_to:test_acc>=0.95",
+        direction="lower", treatment=arm("tract", label="TrAct (lambda 0.1)"), baseline=arm(label="Adam"),
         seeds=5, paper_quote=_QUOTE, paper_number="1.25x-4x fewer epochs to the same accuracy",
         paper_scale=_SCALE,
-        notes="First layer: a 3x3 conv on 1-channel 8x8 digits (9 inputs per patch). Epochs until test accuracy "
-              "first reaches 97% (runs that never do count as epochs + 1).",
+        notes="First layer: a Conv1d on 1-channel MNIST-1D signals, with the task's Adam. Epochs "
+              "until test accuracy first reaches 95% (runs that never do count as epochs + 1). On 8x8 digits both "
+              "arms reach 97% within 2-3 epochs, too early to tell apart, hence MNIST-1D.",
     ),
     Claim(
         id="tract-faster-cifar10", technique="tract", task="cifar10-cnn", metric="epochs_to:test_acc>=0.6",
