@@ -248,3 +248,22 @@ def test_compiled_fused_kernel_matches_reference(name: str, monkeypatch) -> None
         pytest.skip("torch.compile is unavailable here")
     for a, b in zip(ref_model.parameters(), fast_model.parameters()):
         torch.testing.assert_close(b, a, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_with_a_closure_returns_its_loss(name: str) -> None:
+    spec = SPECS[name]
+    w = nn.Parameter(torch.ones(3))
+    opt = spec.make([w], **spec.example)
+    calls = []
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = (w * w).sum()
+        loss.backward()
+        calls.append(1)
+        return loss
+
+    loss = opt.step(closure)
+    assert calls == [1] and loss.item() == pytest.approx(3.0)
+    assert (w.detach() < 1).all()  # stepped downhill with the closure's gradient
