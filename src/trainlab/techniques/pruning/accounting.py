@@ -32,8 +32,13 @@ def count_flops(model: nn.Module, example_inputs: Any) -> int:
 
 
 def cpu_latency(model: nn.Module, example_inputs: Any, repeats: int = 30, warmup: int = 5,
-                min_seconds: float = 0.0) -> float:
-    """Median wall-clock seconds of one eval-mode forward pass on CPU (after `warmup` passes)."""
+                min_seconds: float = 0.0, clock: str = "wall") -> float:
+    """Median seconds of one eval-mode forward pass on CPU (after `warmup` passes).
+
+    clock: "wall" (time.perf_counter) or "cpu" (time.process_time: CPU time of this process,
+    which other processes' load disturbs far less; equal to latency when torch runs one thread).
+    """
+    timer = {"wall": time.perf_counter, "cpu": time.process_time}[clock]
     was = model.training
     model.eval()
     inputs = _inputs(example_inputs)
@@ -44,25 +49,31 @@ def cpu_latency(model: nn.Module, example_inputs: Any, repeats: int = 30, warmup
             times: list[float] = []
             start = time.perf_counter()
             while len(times) < repeats or time.perf_counter() - start < min_seconds:
-                t0 = time.perf_counter()
+                t0 = timer()
                 model(*inputs)
-                times.append(time.perf_counter() - t0)
+                times.append(timer() - t0)
         return statistics.median(times)
     finally:
         model.train(was)
 
 
-def interleaved_latency(models: dict[str, nn.Module], example_inputs: Any, rounds: int = 7,
-                        repeats: int = 10) -> dict[str, float]:
-    """Median latency of several models measured in alternating rounds, so that load from other
-    processes affects them alike."""
+def latency_samples(models: dict[str, nn.Module], example_inputs: Any, rounds: int = 7,
+                    repeats: int = 10, clock: str = "wall") -> dict[str, list[float]]:
+    """Per model, the median latency of each of `rounds` alternating rounds (so that load from
+    other processes affects all models alike)."""
     samples: dict[str, list[float]] = {k: [] for k in models}
-    for k, m in models.items():
+    for m in models.values():
         cpu_latency(m, example_inputs, repeats=2, warmup=3)
     for _ in range(rounds):
         for k, m in models.items():
-            samples[k].append(cpu_latency(m, example_inputs, repeats=repeats, warmup=1))
-    return {k: statistics.median(v) for k, v in samples.items()}
+            samples[k].append(cpu_latency(m, example_inputs, repeats=repeats, warmup=1, clock=clock))
+    return samples
+
+
+def interleaved_latency(models: dict[str, nn.Module], example_inputs: Any, rounds: int = 7,
+                        repeats: int = 10) -> dict[str, float]:
+    """Median latency of several models measured in alternating rounds."""
+    return {k: statistics.median(v) for k, v in latency_samples(models, example_inputs, rounds, repeats).items()}
 
 
 def compare(full: nn.Module, subnet: nn.Module, example_inputs: Any, latency: bool = True) -> dict[str, float]:

@@ -21,6 +21,7 @@ it, get the same outputs" exact.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -365,20 +366,21 @@ def finalize(an: Analyzer) -> GroupAnalysis:
     slices: dict[int, list[tuple[str, int | None, np.ndarray]]] = {}
     for r in an.records:
         rr = roots_np[r.atoms]
-        for root in np.unique(rr).tolist():
+        for root, idx in _split_by_root(rr.ravel()):
             if root not in producer_roots:
                 continue
-            idx = np.nonzero(rr == root)[0] if r.dim is not None else (rr == root)
+            if r.dim is None:
+                mask = np.zeros(rr.size, dtype=bool)
+                mask[idx] = True
+                idx = mask.reshape(rr.shape)
             slices.setdefault(root, []).append((r.name, r.dim, idx))
 
     labels: dict[int, str] = {}
     producers_of: dict[int, list[str]] = {}
     for label, atoms in an.producers:
-        pr = roots_np[atoms]
-        for root in np.unique(pr).tolist():
+        for root, idx in _split_by_root(roots_np[atoms]):
             if root == FIXED:
                 continue
-            idx = np.nonzero(pr == root)[0]
             text = f"{label}[{_ranges(idx)}]"
             labels.setdefault(root, text)
             producers_of.setdefault(root, []).append(text)
@@ -407,22 +409,42 @@ def finalize(an: Analyzer) -> GroupAnalysis:
                          param_shapes=shapes)
 
 
+def _split_by_root(roots: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(root, positions holding it) for each distinct root, positions in increasing order."""
+    if roots.size == 0:
+        return []
+    order = np.argsort(roots, kind="stable")
+    sorted_roots = roots[order]
+    cuts = np.nonzero(np.diff(sorted_roots))[0] + 1
+    # a stable sort keeps equal roots in their original order: positions come out increasing
+    return [(int(sorted_roots[a]), order[a:b]) for a, b in zip(np.r_[0, cuts], np.r_[cuts, roots.size])]
+
+
 def _slice_size(slices: list[tuple[str, int | None, np.ndarray]], params: dict[str, torch.Tensor],
                 shapes: dict[str, tuple[int, ...]]) -> int:
     """Parameter elements covered by the slices, counting an element in two slices once."""
-    masks: dict[str, torch.Tensor] = {}
+    by_param: dict[str, list[tuple[int | None, np.ndarray]]] = {}
     for name, dim, idx in slices:
-        if name not in params:
-            continue
+        if name in params:
+            by_param.setdefault(name, []).append((dim, idx))
+    total = 0
+    for name, parts in by_param.items():
         shape = shapes[name]
-        mask = masks.setdefault(name, torch.zeros(shape, dtype=torch.bool))
-        if dim is None:
-            mask |= torch.as_tensor(idx)
-        else:
-            sel = [slice(None)] * len(shape)
-            sel[dim] = torch.as_tensor(idx, dtype=torch.long)
-            mask[tuple(sel)] = True
-    return int(sum(int(m.sum()) for m in masks.values()))
+        numel = math.prod(shape)
+        if len(parts) == 1 and parts[0][0] is not None:  # one slice along one dim: no overlap
+            dim, idx = parts[0]
+            total += len(idx) * (numel // shape[dim])
+            continue
+        mask = torch.zeros(shape, dtype=torch.bool)
+        for dim, idx in parts:
+            if dim is None:
+                mask |= torch.as_tensor(idx)
+            else:
+                sel = [slice(None)] * len(shape)
+                sel[dim] = torch.as_tensor(idx, dtype=torch.long)
+                mask[tuple(sel)] = True
+        total += int(mask.sum())
+    return total
 
 
 def _ranges(idx: np.ndarray) -> str:
