@@ -82,16 +82,23 @@ class EvoNormB0(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input("EvoNormB0", x, self.num_channels, min_dim=3)
-        spatial = tuple(range(2, x.dim()))
+        n, c = x.shape[:2]
+        # per-sample statistics over a contiguous axis (fast); the batch variance follows from them,
+        # since every sample has the same number of positions: Var_b = mean(var_i + mean_i^2) - mean_b^2
+        inst_var, inst_mean = torch.var_mean(x.reshape(n, c, -1), dim=2, unbiased=False)
         if self.training:
-            batch_var = x.var(dim=(0,) + spatial, unbiased=False)
+            batch_mean = inst_mean.mean(dim=0)
+            batch_var = ((inst_var + inst_mean * inst_mean).mean(dim=0) - batch_mean * batch_mean).clamp_min(0.0)
             with torch.no_grad():
                 self.running_var.lerp_(batch_var.detach(), self.momentum)
         else:
             batch_var = self.running_var
-        instance_std = torch.sqrt(x.var(dim=spatial, unbiased=False, keepdim=True) + self.eps)
+        instance_std = torch.sqrt(inst_var + self.eps).view(n, c, *([1] * (x.dim() - 2)))
         batch_std = _channel_view(torch.sqrt(batch_var + self.eps), x.dim())
-        den = torch.maximum(batch_std, _channel_view(self.v, x.dim()) * x + instance_std)
+        other = _channel_view(self.v, x.dim()) * x + instance_std
+        # max(batch_std, other) written as batch_std + relu(other - batch_std): the same function and
+        # gradient (away from ties), several times faster on CPU than torch.maximum's backward
+        den = batch_std + torch.relu(other - batch_std)
         return x / den * _channel_view(self.weight, x.dim()) + _channel_view(self.bias, x.dim())
 
     def extra_repr(self) -> str:
