@@ -1,6 +1,6 @@
 """PruningSpace: the facade of the structured-pruning system (Only-Train-Once style).
 
-    space = PruningSpace(model, example_input)        # graph + groups; print(space) for a summary
+    space = PruningSpace(model, example_input, verbose=True)   # graph + groups, prints a summary
     opt = space.hesso(lr=0.1, target_group_sparsity=0.5, warmup_steps=..., pruning_steps=...)
     ...ordinary training loop with opt...
     small = space.construct_subnet()                  # a smaller nn.Module, same outputs (eval)
@@ -34,6 +34,7 @@ class GroupIndex:
         gid_of_atom = root_to_gid[ga.roots]
         self.num_groups = len(ga.groups)
         self.entries: list[tuple[nn.Parameter, int | None, torch.Tensor]] = []
+        self._cpu_gids: list[torch.Tensor] = []   # the same ids on the CPU, to decide without syncing
         for r in ga.records:
             p = params.get(r.name)
             if p is None:
@@ -41,6 +42,7 @@ class GroupIndex:
             gids = torch.as_tensor(gid_of_atom[r.atoms], dtype=torch.long)
             if bool((gids >= 0).any()):
                 self.entries.append((p, r.dim, gids.to(p.device)))
+                self._cpu_gids.append(gids)
         self.params = list({id(p): p for p, _, _ in self.entries}.values())
 
     def _per_index(self, t: torch.Tensor, dim: int | None, gids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,10 +66,13 @@ class GroupIndex:
     @torch.no_grad()
     def scale_(self, factors: torch.Tensor) -> None:
         """Multiply each group's elements by factors[group] (1 leaves a group as it is)."""
-        for p, dim, gids in self.entries:
-            f = torch.where(gids >= 0, factors.to(p.device, p.dtype)[gids.clamp(min=0)], torch.ones((), dtype=p.dtype, device=p.device))
-            if bool((f == 1).all()):
+        factors = factors.to(torch.float64).cpu()
+        touched = torch.cat([factors != 1, torch.zeros(1, dtype=torch.bool)])  # index -1: no group
+        for (p, dim, gids), cpu_gids in zip(self.entries, self._cpu_gids):
+            if not bool(touched[cpu_gids].any()):
                 continue
+            f = torch.where(gids >= 0, factors.to(p.device, p.dtype)[gids.clamp(min=0)],
+                            torch.ones((), dtype=p.dtype, device=p.device))
             if dim is not None:
                 view = [1] * p.dim()
                 view[dim] = -1
@@ -97,10 +102,11 @@ class PruningSpace:
     opaque nodes when tracing, which is the way past code the tracer cannot capture.
     strict: raise a ConfigError for operations the group analysis does not understand, instead
     of keeping their channels (the default, with a note in the summary).
+    verbose: print the summary (also available as `print(space)`).
     """
 
     def __init__(self, model: nn.Module, example_input: Any, unprunable: Sequence[nn.Module | str] | None = None,
-                 strict: bool = False) -> None:
+                 strict: bool = False, verbose: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"PruningSpace needs an nn.Module, got {type(model).__name__}")
         self.model = model
@@ -109,6 +115,8 @@ class PruningSpace:
         self.analysis = analyze(self.captured, self.unprunable, strict)
         self.index = GroupIndex(model, self.analysis)
         self.optimizer: torch.optim.Optimizer | None = None
+        if verbose:
+            print(self.summary())
 
     # -- groups ----------------------------------------------------------------------------
     @property
