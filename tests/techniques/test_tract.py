@@ -49,8 +49,8 @@ def test_conv2d_matches_the_closed_form_on_explicit_patches() -> None:
     raw = conv.weight.grad.clone()
     tract.transform_()
     rows = _patches_by_hand(x, 3, 1, 2).double()
-    expected = raw.reshape(3, -1).double() @ torch.linalg.inv(rows.T @ rows / rows.shape[0] + 0.1 * torch.eye(18,
-                                                                                                              dtype=torch.double))
+    gram = rows.T @ rows / rows.shape[0] + 0.1 * torch.eye(18, dtype=torch.double)
+    expected = raw.reshape(3, -1).double() @ torch.linalg.inv(gram)
     torch.testing.assert_close(conv.weight.grad, expected.float().reshape(raw.shape), rtol=1e-5, atol=1e-6)
     # the rows are exactly what produces the usual weight gradient
     torch.testing.assert_close(input_rows(conv, x), _patches_by_hand(x, 3, 1, 2))

@@ -337,7 +337,8 @@ class AdamPTechnique(Technique):
     modifies = frozenset({"optimizer"})
     summary = "Adam without the radial (norm-increasing) update component on scale-invariant weights"
 
-    def __init__(self, lr: float | None = None, delta: float = 0.1, wd_ratio: float = 0.1, nesterov: bool = False) -> None:
+    def __init__(self, lr: float | None = None, delta: float = 0.1, wd_ratio: float = 0.1,
+                 nesterov: bool = False) -> None:
         super().__init__(lr=lr, delta=delta, wd_ratio=wd_ratio, nesterov=nesterov)
         self.lr, self.delta, self.wd_ratio, self.nesterov = lr, delta, wd_ratio, nesterov
 

@@ -302,7 +302,8 @@ class MultiPathOptimizer(Optimizer):
         return fused
 
     # ---- the update rule, per path (subclasses) ---------------------------------------------
-    def _single_update(self, group: dict[str, Any], p: Tensor, grad: Tensor, state: dict[str, Any], step: float) -> None:
+    def _single_update(self, group: dict[str, Any], p: Tensor, grad: Tensor, state: dict[str, Any],
+                       step: float) -> None:
         raise NotImplementedError
 
     def _foreach_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
