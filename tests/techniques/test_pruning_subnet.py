@@ -159,6 +159,26 @@ class MHABlock(nn.Module):
         return self.head(h.mean(dim=1))
 
 
+class Misc(nn.Module):
+    """InstanceNorm, spatial zero padding, ConvTranspose, a GLU (chunk into halves), PReLU with
+    per-channel slopes and a bare per-channel scale parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.inorm = nn.Conv2d(3, 8, 3, padding=1), nn.InstanceNorm2d(8, affine=True)
+        self.pad, self.c2 = nn.ZeroPad2d(1), nn.Conv2d(8, 12, 3)
+        self.up, self.bn = nn.ConvTranspose2d(12, 6, 2, stride=2), nn.BatchNorm2d(6)
+        self.glu_in, self.prelu = nn.Conv2d(6, 10, 1), nn.PReLU(5)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 5).reshape(1, 5, 1, 1))
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        x = F.relu(self.inorm(self.c1(x)))
+        x = F.relu(self.c2(self.pad(x)))
+        a, b = self.glu_in(self.bn(self.up(x))).chunk(2, dim=1)
+        return self.head((self.prelu(a * torch.sigmoid(b)) * self.scale).mean(dim=(2, 3)))
+
+
 def _trainlab_models():
     from trainlab.tasks import models as M
 
@@ -167,6 +187,8 @@ def _trainlab_models():
         ("trainlab-transformer", lambda: M.TinyTransformer((6,), 5, vocab_size=11, dim=16, heads=4, depth=1),
          lambda: torch.randint(0, 11, (2, 6))),
         ("trainlab-mlp-bn", lambda: M.MLP((1, 4, 4), 3, width=8, depth=2, norm="batch"), lambda: torch.randn(4, 1, 4, 4)),
+        ("trainlab-cnn1d-groupnorm", lambda: M.SmallCNN((2, 16), 3, channels=(8, 12), norm="group"),
+         lambda: torch.randn(3, 2, 16)),
     ]
 
 
@@ -178,6 +200,7 @@ ZOO = [
     ("depthwise-separable", DepthwiseSeparable, lambda: torch.randn(2, 3, 6, 6)),
     ("tiny-transformer", TinyTransformer, lambda: torch.randint(0, 11, (3, 6))),
     ("multihead-attention", MHABlock, lambda: torch.randn(2, 5, 6)),
+    ("misc-layers", Misc, lambda: torch.randn(2, 3, 6, 6)),
 ] + _trainlab_models()
 
 
