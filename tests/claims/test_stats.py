@@ -232,3 +232,19 @@ def test_no_op_is_rarely_decided_either_way():
 def test_strong_effect_is_found():
     # effect 1.0 with per-arm noise 0.3: paired-difference sd 0.42, d_z ~ 2.4, 5 seeds
     assert power(400, 5, effect=1.0, noise_sd=0.3, rng=np.random.default_rng(2025)) > 0.9
+
+
+def test_non_inferiority_margin_decides_against_minus_margin():
+    from trainlab.claims.stats import analyze
+
+    base = [0.90, 0.91, 0.92, 0.93, 0.94]
+    slightly_worse = [b - 0.003 + e for b, e in zip(base, (0.001, -0.001, 0.0, 0.0005, -0.0005))]
+    much_worse = [b - 0.05 + e for b, e in zip(base, (0.001, -0.001, 0.0, 0.0005, -0.0005))]
+    # superiority: a small loss is contradicted; non-inferiority within 0.01: reproduced
+    assert analyze(slightly_worse, base, "higher").verdict == "contradicted"
+    assert analyze(slightly_worse, base, "higher", margin=0.01).verdict == "reproduced"
+    assert analyze(much_worse, base, "higher", margin=0.01).verdict == "contradicted"
+    # direction lower (e.g. a loss): treatment 0.003 higher is within a 0.01 margin
+    assert analyze([-v for v in slightly_worse], [-b for b in base], "lower", margin=0.01).verdict == "reproduced"
+    with pytest.raises(ConfigError):
+        analyze(base, base, "higher", min_effect=0.01, margin=0.01)

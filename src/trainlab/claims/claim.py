@@ -72,6 +72,7 @@ class Claim:
     paper_number: str = ""
     paper_scale: str = ""
     min_effect: float = 0.0
+    margin: float = 0.0
     seeds: int = 5
     suites: tuple[str, ...] = ("full",)
     overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -80,8 +81,10 @@ class Claim:
     def __post_init__(self) -> None:
         if self.direction not in ("higher", "lower"):
             raise ConfigError(f"claim '{self.id}': direction must be 'higher' or 'lower'")
-        if self.min_effect < 0:
-            raise ConfigError(f"claim '{self.id}': min_effect must be >= 0")
+        if self.min_effect < 0 or self.margin < 0:
+            raise ConfigError(f"claim '{self.id}': min_effect and margin must be >= 0")
+        if self.min_effect > 0 and self.margin > 0:
+            raise ConfigError(f"claim '{self.id}': give a min_effect (superiority) or a margin (non-inferiority), not both")
         if self.seeds < 2:
             raise ConfigError(f"claim '{self.id}': needs at least 2 seeds")
         bad = set(self.suites) - {"quick", "full"}
@@ -99,6 +102,6 @@ class Claim:
             "direction": self.direction, "treatment": self.treatment.to_dict(),
             "baseline": self.baseline.to_dict(), "paper_quote": self.paper_quote,
             "paper_number": self.paper_number, "paper_scale": self.paper_scale,
-            "min_effect": self.min_effect, "seeds": self.seeds, "suites": list(self.suites),
+            "min_effect": self.min_effect, "margin": self.margin, "seeds": self.seeds, "suites": list(self.suites),
             "overrides": dict(self.overrides), "notes": self.notes,
         }

@@ -101,6 +101,7 @@ _HOW_TO_READ = (
     "in metric units. The interval is the union of a bootstrap interval (BCa, or percentile where BCa "
     "is undefined) and the paired t interval of the mean difference. Reproduced: the interval lies "
     "wholly on the claimed side of 0 and past min_effect. Contradicted: wholly on the other side of 0. "
+    "Parity claims with a non-inferiority margin m use -m as both boundaries. "
     "Otherwise inconclusive. p-values (paired t, Wilcoxon signed-rank) and Cohen's d_z are secondary. "
     "Overhead ratios are treatment / baseline."
 )
@@ -143,7 +144,8 @@ def _claim_blocks(r: ClaimResult, i: int, curves: Path | None) -> list[Block]:
         ("technique", c.get("technique", "")), ("task", c.get("task", "")),
         ("metric", f"{c.get('metric', '')} ({c.get('direction', '')} is better)"),
         ("treatment", _describe_arm(c.get("treatment"))), ("baseline", _describe_arm(c.get("baseline"))),
-        ("min_effect", _num(c.get("min_effect", 0.0))), ("suites", ", ".join(c.get("suites", []))),
+        ("min_effect", _num(c.get("min_effect", 0.0))),
+        *([("non-inferiority margin", _num(c["margin"]))] if c.get("margin") else []), ("suites", ", ".join(c.get("suites", []))),
     ]
     if c.get("overrides"):
         facts.append(("task overrides", ", ".join(f"{k}={v}" for k, v in dict(c["overrides"]).items())))
@@ -336,7 +338,8 @@ def _plot_forest(results: Sequence[ClaimResult], path: Path) -> None:
     for i, (ax, r) in enumerate(zip(axes, results)):
         c, a = r.claim, r.analysis
         sign = -1.0 if c.get("direction") == "lower" else 1.0
-        min_effect = float(c.get("min_effect", 0.0) or 0.0)
+        # the dashed line is the reproduce boundary: min_effect, or -margin for parity claims
+        min_effect = float(c.get("min_effect", 0.0) or 0.0) or -float(c.get("margin", 0.0) or 0.0)
         label = f"{_claim_id(r, i)}\n{c.get('metric', '')} ({'b - t' if sign < 0 else 't - b'})"
         ax.set_yticks([0.0], [label], fontsize=7)
         ax.set_ylim(-1, 1)
@@ -348,7 +351,7 @@ def _plot_forest(results: Sequence[ClaimResult], path: Path) -> None:
             ax.set_xticks([])
             continue
         ax.axvline(0.0, color="black", lw=0.8)
-        if min_effect > 0:
+        if min_effect != 0:
             ax.axvline(min_effect, color="gray", lw=0.8, ls="--")
         lo, hi = sorted((sign * a.ci_low, sign * a.ci_high))
         mid = sign * a.mean_diff
@@ -356,12 +359,12 @@ def _plot_forest(results: Sequence[ClaimResult], path: Path) -> None:
         ax.plot([lo, hi], [0.0, 0.0], color=color, lw=2.5, solid_capstyle="butt")
         ax.plot([mid], [0.0], "o", color=color, ms=6)
         ax.text(1.01, 0.5, a.verdict, transform=ax.transAxes, fontsize=7, color=color, va="center")
-        span = [0.0, lo, hi, mid] + ([min_effect] if min_effect > 0 else [])
+        span = [0.0, lo, hi, mid] + ([min_effect] if min_effect != 0 else [])
         left, right = min(span), max(span)
         pad = 0.1 * (right - left) or 0.1 * max(abs(left), abs(right), 1e-12)
         ax.set_xlim(left - pad, right + pad)
     axes[0].set_title("mean paired difference, oriented so that right = claimed direction "
-                      "(solid: 0, dashed: min_effect)", fontsize=8)
+                      "(solid: 0, dashed: min_effect or -margin)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png")
 

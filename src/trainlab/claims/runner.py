@@ -6,7 +6,6 @@ Runs are interleaved by seed (b0, t0, b1, t1, ...) so that machine-load drifts h
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -14,7 +13,7 @@ import cloudpickle
 
 from trainlab.claims.claim import Arm, Claim
 from trainlab.claims.executors import get_executor
-from trainlab.claims.metrics import curve_key, metric_value, validate
+from trainlab.claims.metrics import metric_value, validate
 from trainlab.claims.result import ClaimResult
 from trainlab.claims.store import Store, run_key
 from trainlab.errors import ConfigError
@@ -128,7 +127,8 @@ def collect(claim: Claim, specs: Sequence[RunSpec], store: Store, overhead: dict
     treat = [by_seed[sd]["treatment"]["value"] for sd in seeds]
     analysis = None
     if len(seeds) >= 2:
-        analysis = analyze(treat, base, claim.direction, claim.min_effect, n_resamples=n_resamples)
+        analysis = analyze(treat, base, claim.direction, claim.min_effect, n_resamples=n_resamples,
+                           margin=claim.margin)
     provenance = {k: sorted(v) if isinstance(v, set) else v for k, v in provenance.items()}
     if errors:
         provenance["errors"] = errors[:10]
@@ -179,6 +179,3 @@ def metric_scale(metric: str) -> tuple[float, str]:
 def _digits(scale: float) -> int:
     return 1 if scale == 100.0 else 3
 
-
-def finite(values: Sequence[float]) -> list[float]:
-    return [v for v in values if not math.isnan(v)]

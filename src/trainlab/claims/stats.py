@@ -38,6 +38,10 @@ claimed sign but is not shown to be as large as the claim needs. "Contradicted" 
 against zero, not against ``min_effect``. A true effect between 0 and ``min_effect`` therefore stays
 inconclusive however many seeds are run; ``seeds_needed`` is None for it and the note says so.
 
+Non-inferiority (``margin`` > 0, for "matches the baseline" claims): the one boundary is -margin.
+Reproduced when lo > -margin (not worse by more than the margin), contradicted when hi < -margin
+(worse by more than the margin), inconclusive otherwise; ``seeds_needed`` aims at -margin.
+
 ``seeds_needed``
 ----------------
 For an inconclusive result: the smallest total number of paired seeds n' (> n) at which an interval
@@ -92,8 +96,13 @@ def analyze(
     method: str = "BCa",
     seed: int = 0,
     combine_t: bool = True,
+    margin: float = 0.0,
 ) -> Analysis:
-    """Paired analysis of treatment vs baseline (one value per seed, same order). See module doc."""
+    """Paired analysis of treatment vs baseline (one value per seed, same order). See module doc.
+
+    margin > 0 makes it a non-inferiority check ("the treatment is not worse than the baseline by
+    more than `margin`"): reproduced when the whole interval lies above -margin on the claimed side,
+    contradicted when it lies wholly below -margin. It cannot be combined with min_effect."""
     if direction not in ("higher", "lower"):
         raise ConfigError(f"direction must be 'higher' or 'lower', got {direction!r}")
     if method not in ("BCa", "percentile"):
@@ -102,6 +111,12 @@ def analyze(
         raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
     if not min_effect >= 0.0:
         raise ConfigError(f"min_effect must be >= 0, got {min_effect}")
+    if not margin >= 0.0:
+        raise ConfigError(f"margin must be >= 0, got {margin}")
+    if margin > 0.0 and min_effect > 0.0:
+        raise ConfigError("a claim has either a min_effect (superiority) or a margin (non-inferiority), not both")
+    # decision boundaries in oriented units (positive = the claimed direction)
+    above, below = (-margin, -margin) if margin > 0.0 else (min_effect, 0.0)
     t_arr = np.asarray(treatment, dtype=float).ravel()
     b_arr = np.asarray(baseline, dtype=float).ravel()
     if t_arr.shape != b_arr.shape:
@@ -152,9 +167,9 @@ def analyze(
         ci_low, ci_high, ci_method = boot_low, boot_high, boot_method
 
     sign = 1.0 if direction == "higher" else -1.0
-    verdict = _verdict(ci_low, ci_high, sign, min_effect)
+    verdict = _verdict(ci_low, ci_high, sign, above, below)
     if combine_t and verdict == "inconclusive":
-        alone = _verdict(boot_low, boot_high, sign, min_effect)
+        alone = _verdict(boot_low, boot_high, sign, above, below)
         if alone != "inconclusive":
             notes.append(
                 f"the bootstrap interval alone [{boot_low:.4g}, {boot_high:.4g}] would say {alone}; "
@@ -163,7 +178,7 @@ def analyze(
 
     seeds_needed = None
     if verdict == "inconclusive":
-        seeds_needed, why = _seeds_needed(sign * mean, sd, n, min_effect, confidence)
+        seeds_needed, why = _seeds_needed(sign * mean, sd, n, above, below, confidence)
         if why:
             notes.append(why)
 
@@ -224,11 +239,12 @@ def power(n_claims: int, n_seeds: int, effect: float, noise_sd: float, rng: np.r
     return verdict_rates(n_claims, n_seeds, effect, noise_sd, rng, **kwargs)["reproduced"]
 
 
-def _verdict(ci_low: float, ci_high: float, sign: float, min_effect: float) -> str:
+def _verdict(ci_low: float, ci_high: float, sign: float, above: float, below: float) -> str:
+    """Reproduced if the oriented interval lies above `above`, contradicted if below `below`."""
     lo, hi = sorted((sign * ci_low, sign * ci_high))
-    if lo > min_effect:
+    if lo > above:
         return "reproduced"
-    if hi < 0.0:
+    if hi < below:
         return "contradicted"
     return "inconclusive"
 
@@ -254,15 +270,15 @@ def _bootstrap_ci(d: np.ndarray, constant: bool, n_resamples: int, confidence: f
     return float(ci.low), float(ci.high), "percentile"
 
 
-def _seeds_needed(oriented_mean: float, sd: float, n: int, min_effect: float,
+def _seeds_needed(oriented_mean: float, sd: float, n: int, above: float, below: float,
                   confidence: float) -> tuple[int | None, str]:
     if sd == 0.0:
         return None, "all differences are equal: more seeds would not change the verdict"
-    if oriented_mean > min_effect:
-        gap = oriented_mean - min_effect    # toward "reproduced"
-    elif oriented_mean < 0.0:
-        gap = -oriented_mean                # toward "contradicted"
-    elif oriented_mean == 0.0:
+    if oriented_mean > above:
+        gap = oriented_mean - above         # toward "reproduced"
+    elif oriented_mean < below:
+        gap = below - oriented_mean         # toward "contradicted"
+    elif oriented_mean == above == below:
         return None, "the observed mean difference is 0: no number of seeds would decide"
     else:
         return None, ("the observed mean difference is on the claimed side but within min_effect: "

@@ -101,6 +101,12 @@ def make_norm(name: str | None, num_channels: int, dims: int) -> nn.Module:
         raise ConfigError(f"norm '{name}': dims must be 0 (features/tokens), 1 ([N,C,L]) or 2 ([N,C,H,W]), got {dims!r}")
     factory = _NORMS.get(name)
     if factory is None:
+        # norms from technique modules (e.g. EvoNorm) register when their module is imported
+        from trainlab.techniques.registry import load_all
+
+        load_all()
+        factory = _NORMS.get(name)
+    if factory is None:
         raise ConfigError(f"unknown norm '{name}' (known: {', '.join(norm_names())})")
     return factory(num_channels, dims)
 
