@@ -67,6 +67,9 @@ class HESSO(torch.optim.Optimizer):
     groups are driven to zero, in `pruning_periods` equal periods. projection: "shrink" (HESSO's
     progressive shrinking) or "half-space" (DHSPG's half-space step on redundant groups, with the
     sparsity-promoting weight `half_space_lambda` and threshold `half_space_epsilon`).
+    channel_multiple: keep a multiple of this many groups per layer where possible (the official
+    code's group_divisible; friendlier widths for CPU kernels). With a value > 1 the number of
+    zero groups can end below the target.
     """
 
     def __init__(self, space: Any, lr: float, target_group_sparsity: float = 0.5, variant: str = "sgd",
@@ -74,7 +77,7 @@ class HESSO(torch.optim.Optimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, warmup_steps: int = 0,
                  pruning_steps: int = 1, pruning_periods: int = 1,
                  importance: Mapping[str, float] | None = None, projection: str = "shrink",
-                 half_space_lambda: float = 1e-3, half_space_epsilon: float = 0.0,
+                 half_space_lambda: float = 1e-3, half_space_epsilon: float = 0.0, channel_multiple: int = 1,
                  params: Iterable[nn.Parameter] | Iterable[dict] | None = None) -> None:
         if variant not in VARIANTS:
             raise ConfigError(f"HESSO variant must be one of {', '.join(VARIANTS)}, got '{variant}'")
@@ -100,6 +103,7 @@ class HESSO(torch.optim.Optimizer):
         self.projection = projection
         self.half_space_lambda = half_space_lambda
         self.half_space_epsilon = half_space_epsilon
+        self.channel_multiple = int(channel_multiple)
         self.num_groups = space.num_groups
         self.target_groups = int(math.floor(self.target_group_sparsity * self.num_groups + 1e-9))
         self.configure_schedule(warmup_steps, pruning_steps, pruning_periods)
@@ -107,7 +111,6 @@ class HESSO(torch.optim.Optimizer):
         self.pruned: list[int] = []           # committed zero groups, in pruning order
         self.redundant: list[int] = []        # groups being driven to zero in the current period
         self.period = -1
-        self._coverage = [set(c.tolist()) for c in space.analysis.coverage]
 
     # -- schedule ----------------------------------------------------------------------------
     def configure_schedule(self, warmup_steps: int, pruning_steps: int, pruning_periods: int) -> None:
@@ -183,22 +186,7 @@ class HESSO(torch.optim.Optimizer):
 
     def _select(self, scores: torch.Tensor, count: int) -> list[int]:
         """The `count` lowest-scoring groups not yet pruned, keeping >= 1 group per layer."""
-        taken = set(self.pruned)
-        remaining = [len(c - taken) for c in self._coverage]
-        member: dict[int, list[int]] = {}
-        for i, c in enumerate(self._coverage):
-            for g in c:
-                member.setdefault(g, []).append(i)
-        chosen: list[int] = []
-        for g in torch.argsort(scores, stable=True).tolist():
-            if len(chosen) >= count:
-                break
-            if g in taken or any(remaining[i] <= 1 for i in member.get(g, [])):
-                continue
-            chosen.append(g)
-            for i in member.get(g, []):
-                remaining[i] -= 1
-        return chosen
+        return self.space.select(scores, count, exclude=self.pruned, multiple=self.channel_multiple)
 
     # -- the step ------------------------------------------------------------------------------
     @torch.no_grad()

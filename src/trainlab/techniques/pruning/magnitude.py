@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from trainlab.errors import ConfigError
@@ -27,23 +26,7 @@ from trainlab.training.technique import Paper, Technique, TrainState
 def magnitude_selection(space: Any, target_group_sparsity: float) -> list[int]:
     """floor(target * G) groups of smallest L2 norm, keeping >= 1 group per layer."""
     count = int(target_group_sparsity * space.num_groups + 1e-9)
-    norms = space.group_norms()
-    coverage = [set(c.tolist()) for c in space.analysis.coverage]
-    remaining = [len(c) for c in coverage]
-    member: dict[int, list[int]] = {}
-    for i, c in enumerate(coverage):
-        for g in c:
-            member.setdefault(g, []).append(i)
-    chosen: list[int] = []
-    for g in torch.argsort(norms, stable=True).tolist():
-        if len(chosen) >= count:
-            break
-        if any(remaining[i] <= 1 for i in member.get(g, [])):
-            continue
-        chosen.append(g)
-        for i in member.get(g, []):
-            remaining[i] -= 1
-    return chosen
+    return space.select(space.group_norms(), count)
 
 
 @register

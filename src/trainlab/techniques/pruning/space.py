@@ -170,6 +170,51 @@ class PruningSpace:
         chosen = set(group_ids)
         return all(not set(cov.tolist()) <= chosen for cov in self.analysis.coverage)
 
+    def select(self, scores: torch.Tensor | Sequence[float], count: int, exclude: Iterable[int] = (),
+               multiple: int = 1) -> list[int]:
+        """The `count` lowest-scoring groups (not in `exclude`), keeping >= 1 group per layer.
+
+        multiple > 1: then give back chosen groups (highest scores first) until every layer keeps
+        a multiple of `multiple` groups where it can (like the official code's group_divisible),
+        so the result may be shorter than `count`.
+        """
+        taken = set(int(g) for g in exclude)
+        coverage = [set(c.tolist()) for c in self.analysis.coverage]
+        remaining = [len(c - taken) for c in coverage]
+        member: dict[int, list[int]] = {}
+        for i, c in enumerate(coverage):
+            for g in c:
+                member.setdefault(g, []).append(i)
+        chosen: list[int] = []
+        for g in torch.argsort(torch.as_tensor(scores, dtype=torch.float64), stable=True).tolist():
+            if len(chosen) >= count:
+                break
+            if g in taken or any(remaining[i] <= 1 for i in member.get(g, [])):
+                continue
+            chosen.append(g)
+            for i in member.get(g, []):
+                remaining[i] -= 1
+        if multiple > 1:
+            chosen = self._align(chosen, taken, coverage, multiple)
+        return chosen
+
+    @staticmethod
+    def _align(chosen: list[int], taken: set[int], coverage: list[set[int]], multiple: int) -> list[int]:
+        sets = sorted({frozenset(c) for c in coverage if len(c) >= multiple}, key=len)
+        chosen = list(chosen)
+        for _ in range(len(sets) + 1):
+            changed = False
+            for c in sets:
+                gone = c & (taken | set(chosen))
+                short = (len(gone) - len(c)) % multiple  # groups to give back to reach a multiple
+                back = [g for g in reversed(chosen) if g in c][:short]
+                if short and len(back) == short:
+                    chosen = [g for g in chosen if g not in back]
+                    changed = True
+            if not changed:
+                break
+        return chosen
+
     # -- optimizers and construction ------------------------------------------------------
     def hesso(self, lr: float, target_group_sparsity: float = 0.5, **kwargs: Any) -> torch.optim.Optimizer:
         """The HESSO optimizer over all of the model's trainable parameters (see hesso.HESSO)."""
