@@ -113,6 +113,7 @@ class PruningSpace:
         self.unprunable = module_names(model, unprunable)
         self.captured = capture(model, example_input, opaque=self.unprunable, leaf_types=rules.KNOWN_LEAF_TYPES)
         self.analysis = analyze(self.captured, self.unprunable, strict)
+        self.captured.values.clear()  # the example's activations are not needed any more
         self.index = GroupIndex(model, self.analysis)
         self.optimizer: torch.optim.Optimizer | None = None
         if verbose:
