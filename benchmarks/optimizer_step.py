@@ -10,7 +10,9 @@ after ``zero_grad(set_to_none=True)``), so an optimizer that keeps flat gradient
 the copy. Timing is interleaved: each repeat times every optimizer once for `--steps` steps, in
 turn, after warm-up (compilation of compiled paths happens in warm-up and is reported separately).
 Reported: median ms/step over repeats, its ratio to the fastest torch Adam (for-loop, foreach,
-fused) measured in the same run, and the optimizer-state bytes (every storage counted once,
+fused) measured in the same run, the median of the per-repeat ratios ("paired": each repeat's time
+over the baseline's time in that repeat, which cancels slow drifts of machine load), and the
+optimizer-state bytes (every storage counted once,
 including flat gradient buffers an optimizer owns).
 """
 from __future__ import annotations
@@ -135,12 +137,15 @@ def main() -> None:
     base = med[base_name]
     base_bytes = state_bytes(runs[base_name]["opt"])
     print(f"baseline: {base_name} {base:.2f} ms/step (fastest torch Adam here)\n")
-    print(f"{'optimizer':28s} {'ms/step':>9s} {'min':>7s} {'max':>7s} {'x base':>7s} {'state MB':>9s} "
+    # paired ratio: each repeat's time over the baseline's time in the same repeat (robust to load drift)
+    base_times = runs[base_name]["times"]
+    print(f"{'optimizer':28s} {'ms/step':>9s} {'min':>7s} {'max':>7s} {'x base':>7s} {'paired':>7s} {'state MB':>9s} "
           f"{'x base':>7s} {'warm-up s':>9s}")
     for name, r in runs.items():
         sb = state_bytes(r["opt"])
+        paired = statistics.median(t / b for t, b in zip(r["times"], base_times))
         print(f"{name:28s} {med[name]:9.2f} {min(r['times']):7.2f} {max(r['times']):7.2f} {med[name] / base:7.2f} "
-              f"{sb / 2**20:9.2f} {sb / base_bytes:7.2f} {r['warm']:9.2f}")
+              f"{paired:7.2f} {sb / 2**20:9.2f} {sb / base_bytes:7.2f} {r['warm']:9.2f}")
 
 
 if __name__ == "__main__":
