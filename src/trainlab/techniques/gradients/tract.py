@@ -173,10 +173,11 @@ CLAIMS = [
               "arms reach 97% within 2-3 epochs, too early to tell apart, hence MNIST-1D.",
     ),
     Claim(
-        id="tract-faster-cifar10", technique="tract", task="cifar10-cnn", metric="epochs_to:test_acc>=0.6",
+        id="tract-faster-cifar10", technique="tract", task="cifar10-cnn", metric="epochs_to:test_acc>=0.5",
         direction="lower", treatment=arm("tract", label="TrAct (lambda 0.1)"), baseline=arm(label="SGD"),
         seeds=5, paper_quote=_QUOTE, paper_number="1.25x-4x fewer epochs to the same accuracy",
         paper_scale=_SCALE,
-        notes="First layer: a 3x3 conv on CIFAR-10 (27 inputs per patch); 10k-image subset, 8 epochs.",
+        notes="First layer: a 3x3 conv on CIFAR-10 (27 inputs per patch); 10k-image subset, 8 epochs, which ends "
+              "near 55% test accuracy, hence the 50% target.",
     ),
 ]
