@@ -231,6 +231,7 @@ def test_magnitude_baseline_prunes_after_last_epoch_only():
     tech = build_technique("magnitude-group-prune", {"target_group_sparsity": 0.5})
     result = run_training(TINY, [tech], seed=0)
     assert [row["group_sparsity"] for row in result.epochs] == [0.0, 0.0, 0.0, 0.5]
+    assert 0.0 <= result.final["dense_test_acc"] <= 1.0 and "dense_test_acc" not in result.epochs[0]
 
 
 def test_magnitude_selection_smallest_norms_keeps_a_channel_per_layer():

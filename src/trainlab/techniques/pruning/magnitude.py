@@ -9,7 +9,8 @@ whether the network adapts to their removal during training.
 
 Claim: none of its own; it is the baseline of HESSO's claim. Pruning happens in `on_epoch_end`
 of the last epoch, which runs before that epoch's evaluation, so the reported test accuracy is
-the pruned network's. Groups are compared by raw L2 norm across layers (no per-layer
+the pruned network's; the dense network's accuracy just before pruning is reported as
+`dense_test_acc`. Groups are compared by raw L2 norm across layers (no per-layer
 normalization), and every layer keeps at least one output channel.
 """
 from __future__ import annotations
@@ -56,5 +57,12 @@ class MagnitudeGroupPrune(Technique):
 
     def on_epoch_end(self, model: nn.Module, state: TrainState) -> None:
         if state.epoch == state.epochs - 1:
+            # the dense model's accuracy just before pruning, for the distance-to-dense comparison
+            from trainlab.tasks.loading import load_task_data
+            from trainlab.training.metrics import evaluate
+
+            data = load_task_data(state.task, state.seed)
+            dense = evaluate(model, data.test_x, data.test_y, state.task.eval_batch_size, state.device)
+            state.epoch_metrics["dense_test_acc"] = dense["acc"]
             self.space.zero_(magnitude_selection(self.space, self.target))
         state.epoch_metrics["group_sparsity"] = self.space.group_sparsity()
