@@ -92,8 +92,8 @@ def test_elr_with_mixup_trains_and_elr_with_ps_kd_is_refused():
     result = run_training(TINY, [("mixup", {"alpha": 1.0}), ("elr", {"lam": 3.0})], seed=0)
     assert result.status == "finished"
     assert math.isfinite(result.final["train_loss"])
-    with pytest.raises(ConfigError, match="'elr' and 'ps_kd' cannot be combined.*loss objective"):
-        build_techniques([("elr", {}), ("ps_kd", {})])
+    with pytest.raises(ConfigError, match="'elr' and 'ps-kd' cannot be combined.*loss objective"):
+        build_techniques([("elr", {}), ("ps-kd", {})])
     # compatible composition keeps mixing before the objective
     order = [t.name for t in check_compatible(build_techniques([("elr", {}), ("mixup", {})]))]
     assert order == ["mixup", "elr"]

@@ -73,7 +73,7 @@ def test_inserted_before_the_last_linear_and_trains():
     task = Task("tiny-blobs", make_data=functools.partial(blobs, n_train=192, n_test=96, dim=8, classes=3),
                 make_model=functools.partial(build_model, "mlp"), model_kwargs={"width": 16, "depth": 1},
                 epochs=2, batch_size=32, lr=0.05, label_noise=0.3)
-    result = run_training(task, [("nested_dropout", {"sigma": 4.0})], seed=0, keep_state=True)
+    result = run_training(task, [("nested-dropout", {"sigma": 4.0})], seed=0, keep_state=True)
     assert result.status == "finished"
     assert any(k.startswith("head.1.") for k in result.state)
     assert result.epochs[-1]["nested_eval_k"] == NestedDropout(16, sigma=4.0).eval_k

@@ -86,8 +86,8 @@ def _image_blobs() -> DataBundle:
 def test_regularizer_and_probe_through_the_trainer():
     task = Task("tiny-images", make_data=_image_blobs, make_model=functools.partial(build_model, "cnn"),
                 model_kwargs={"channels": (4, 8)}, epochs=3, batch_size=32, lr=0.05)
-    base = run_training(task, ["conv_spectrum"], seed=0)
-    reg = run_training(task, ["conv_spectrum", ("orthogonal_conv", {"lam": 1.0})], seed=0)
+    base = run_training(task, ["conv-spectrum"], seed=0)
+    reg = run_training(task, ["conv-spectrum", ("orthogonal-conv", {"lam": 1.0})], seed=0)
     for r in (base, reg):
         assert {"conv_sigma_dev", "conv_sigma_max", "conv_sigma_min"} <= set(r.epochs[-1])
     assert reg.final["conv_sigma_dev"] < base.final["conv_sigma_dev"]

@@ -85,16 +85,16 @@ def test_with_mixup_the_soft_targets_are_mixed():
 
 
 def test_runs_through_the_trainer_alone_and_with_mixup():
-    for techs in ([("ps_kd", {})], [("ps_kd", {}), ("mixup", {})]):
+    for techs in ([("ps-kd", {})], [("ps-kd", {}), ("mixup", {})]):
         result = run_training(TINY, techs, seed=1)
         assert result.status == "finished"
         assert 0.0 <= result.final["test_acc"] <= 1.0
 
 
 def test_resumed_run_equals_uninterrupted(tmp_path):
-    full = run_training(TINY, [("ps_kd", {})], seed=3, keep_state=True)
+    full = run_training(TINY, [("ps-kd", {})], seed=3, keep_state=True)
     ck = tmp_path / "run.ckpt"
-    run_training(TINY, [("ps_kd", {})], seed=3, checkpoint=ck, stop_after_epochs=2)
-    resumed = run_training(TINY, [("ps_kd", {})], seed=3, checkpoint=ck, resume=True, keep_state=True)
+    run_training(TINY, [("ps-kd", {})], seed=3, checkpoint=ck, stop_after_epochs=2)
+    resumed = run_training(TINY, [("ps-kd", {})], seed=3, checkpoint=ck, resume=True, keep_state=True)
     assert full.state.keys() == resumed.state.keys()
     assert all(torch.equal(full.state[k], resumed.state[k]) for k in full.state)

@@ -76,7 +76,7 @@ def test_trains_with_any_optimizer(optimizer):
     task = Task("tiny-blobs", make_data=functools.partial(blobs, n_train=192, n_test=96, dim=8, classes=3),
                 make_model=functools.partial(build_model, "mlp"), model_kwargs={"width": 16, "depth": 1},
                 epochs=3, batch_size=32, lr=0.05 if optimizer == "sgd" else 1e-2, optimizer=optimizer)
-    result = run_training(task, [("weight_compander", {})], seed=0, keep_state=True)
+    result = run_training(task, [("weight-compander", {})], seed=0, keep_state=True)
     assert result.status == "finished" and result.final["test_acc"] > 0.45  # 3 classes: chance is 1/3
     assert result.epochs[-1]["train_loss"] < result.epochs[0]["train_loss"]
     assert any("parametrizations.weight.original" in k for k in result.state)

@@ -100,7 +100,7 @@ def decoupled_mixup_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Ten
 class DecoupledMixup(Technique):
     """Replace the mixup cross-entropy by MCE + eta * decoupled regularizer (needs mixup or cutmix)."""
 
-    name = "decoupled_mixup"
+    name = "decoupled-mixup"
     family = "regularization"
     paper = PAPER
     modifies = frozenset({"loss_objective"})
@@ -118,9 +118,9 @@ class DecoupledMixup(Technique):
     def loss(self, outputs: torch.Tensor, batch: Batch, state: TrainState, base_loss: torch.Tensor) -> torch.Tensor:
         mix = batch.meta.get("mix")
         if mix is None:
-            raise ConfigError("decoupled_mixup needs a mixing technique in the same run (mixup or cutmix)")
+            raise ConfigError("decoupled-mixup needs a mixing technique in the same run (mixup or cutmix)")
         if state.task is not None and state.task.label_smoothing:
-            raise ConfigError("decoupled_mixup and label smoothing cannot be combined (the DM targets are binarised)")
+            raise ConfigError("decoupled-mixup and label smoothing cannot be combined (the DM targets are binarised)")
         return decoupled_mixup_loss(outputs, mix["labels_a"], mix["labels_b"], mix["lam"], self.eta,
                                     self.lam_power, self.mode)
 
@@ -131,9 +131,9 @@ _SCALE = "CIFAR-100 / Tiny-ImageNet / ImageNet-1k / fine-grained sets, ResNet-18
 
 CLAIMS = [
     Claim(
-        id="decoupled-mixup-vs-mixup-mnist1d", technique="decoupled_mixup", task="mnist1d-mlp",
+        id="decoupled-mixup-vs-mixup-mnist1d", technique="decoupled-mixup", task="mnist1d-mlp",
         metric="test_acc", direction="higher",
-        treatment=arm(("mixup", {"alpha": 1.0}), ("decoupled_mixup", {"eta": 0.1})),
+        treatment=arm(("mixup", {"alpha": 1.0}), ("decoupled-mixup", {"eta": 0.1})),
         baseline=arm(("mixup", {"alpha": 1.0})), seeds=10, suites=("full",),
         paper_quote=_QUOTE, paper_number="(not restated: the paper's tables could not be read in this environment)",
         paper_scale=_SCALE,
@@ -141,9 +141,9 @@ CLAIMS = [
               "Mixup alpha=1 in both arms.",
     ),
     Claim(
-        id="decoupled-mixup-vs-erm-mnist1d", technique="decoupled_mixup", task="mnist1d-mlp",
+        id="decoupled-mixup-vs-erm-mnist1d", technique="decoupled-mixup", task="mnist1d-mlp",
         metric="test_acc", direction="higher",
-        treatment=arm(("mixup", {"alpha": 1.0}), ("decoupled_mixup", {"eta": 0.1})),
+        treatment=arm(("mixup", {"alpha": 1.0}), ("decoupled-mixup", {"eta": 0.1})),
         baseline=arm(), seeds=10, suites=("full",),
         paper_quote=_QUOTE, paper_number="(not restated: the paper's tables could not be read in this environment)",
         paper_scale=_SCALE, notes="Small expected effect: 10 seeds. MNIST-1D with an MLP (20 epochs, Adam).",

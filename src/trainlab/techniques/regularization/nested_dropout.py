@@ -136,7 +136,7 @@ def insert_before_last_linear(model: nn.Module, module: nn.Module) -> nn.Module:
 class NestedDropoutTechnique(Technique):
     """Nested dropout on the features entering the classifier's last Linear layer."""
 
-    name = "nested_dropout"
+    name = "nested-dropout"
     family = "regularization"
     paper = PAPER
     modifies = frozenset({"model"})
@@ -173,8 +173,8 @@ _QUOTE = ("we focus on the problem of learning with noisy labels and introduce c
 
 CLAIMS = [
     Claim(
-        id="nested-dropout-noisy-digits", technique="nested_dropout", task="digits-mlp", metric="test_acc",
-        direction="higher", treatment=arm(("nested_dropout", {"sigma": 10.0})), baseline=arm(), seeds=5,
+        id="nested-dropout-noisy-digits", technique="nested-dropout", task="digits-mlp", metric="test_acc",
+        direction="higher", treatment=arm(("nested-dropout", {"sigma": 10.0})), baseline=arm(), seeds=5,
         suites=("full",), overrides={"label_noise": 0.4, "noise_kind": "symmetric", "epochs": 20},
         paper_quote=_QUOTE,
         paper_number="ANIMAL-10N: CE 79.4% -> Nested 81.3% (official README); Clothing1M Nested 73.1% vs CE 67.2%",
@@ -183,8 +183,8 @@ CLAIMS = [
               "99% prefix instead of the paper's validation-selected K.",
     ),
     Claim(
-        id="nested-dropout-noisy-cifar10-cnn", technique="nested_dropout", task="cifar10-cnn", metric="test_acc",
-        direction="higher", treatment=arm(("nested_dropout", {"sigma": 10.0})), baseline=arm(), seeds=3,
+        id="nested-dropout-noisy-cifar10-cnn", technique="nested-dropout", task="cifar10-cnn", metric="test_acc",
+        direction="higher", treatment=arm(("nested-dropout", {"sigma": 10.0})), baseline=arm(), seeds=3,
         suites=("full",), overrides={"label_noise": 0.4, "noise_kind": "symmetric", "epochs": 20},
         paper_quote=_QUOTE, paper_number="ANIMAL-10N: CE 79.4% -> Nested 81.3% (official README)",
         paper_scale="CIFAR-10/100 with simulated noise (ResNet-18), Clothing1M, ANIMAL-10N",

@@ -26,7 +26,7 @@ so its singular values are those of the n^d matrices K_hat(u) in C^{M x C}; for 
 S^d aliased frequencies of each output frequency are stacked into M x (C * S^d) blocks (scaled by
 S^(-d/2)). Conv1d and Conv2d weights are supported.
 
-``conv_spectrum`` (a probe that modifies nothing, in this file because it serves this technique's
+``conv-spectrum`` (a probe that modifies nothing, in this file because it serves this technique's
 claim) logs per epoch the mean |sigma - 1| over the singular values of all conv layers, and the
 largest and smallest singular values, each conv at the spatial size of its actual input.
 
@@ -135,7 +135,7 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 class OrthogonalConv(Technique):
     """Adds lambda * sum over conv layers of L_orth(K) to the loss."""
 
-    name = "orthogonal_conv"
+    name = "orthogonal-conv"
     family = "regularization"
     paper = PAPER
     modifies = frozenset({"loss"})
@@ -144,7 +144,7 @@ class OrthogonalConv(Technique):
 
     def __init__(self, lam: float = 0.1) -> None:
         if lam < 0:
-            raise ConfigError(f"orthogonal_conv: lam must be >= 0, got {lam}")
+            raise ConfigError(f"orthogonal-conv: lam must be >= 0, got {lam}")
         super().__init__(lam=lam)
         self.lam = float(lam)
         self.layers: list[nn.Module] = []
@@ -152,12 +152,12 @@ class OrthogonalConv(Technique):
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
         self.layers = [m for _, m in conv_layers(model)]
         if not self.layers:
-            raise ConfigError(f"orthogonal_conv: the model {type(model).__name__} has no Conv1d/Conv2d layer")
+            raise ConfigError(f"orthogonal-conv: the model {type(model).__name__} has no Conv1d/Conv2d layer")
         for m in self.layers:
             if m.groups != 1 or any(d != 1 for d in m.dilation):
-                raise ConfigError("orthogonal_conv supports groups=1 and dilation=1 convolutions only")
+                raise ConfigError("orthogonal-conv supports groups=1 and dilation=1 convolutions only")
             if m.kernel_size[0] % 2 == 0:
-                raise ConfigError(f"orthogonal_conv needs odd kernel sizes, got {m.kernel_size}")
+                raise ConfigError(f"orthogonal-conv needs odd kernel sizes, got {m.kernel_size}")
 
     def penalty(self) -> torch.Tensor:
         return sum(orthogonality_loss(m.weight, m.stride[0]) for m in self.layers)
@@ -170,7 +170,7 @@ class OrthogonalConv(Technique):
 class ConvSpectrum(Technique):
     """Probe: per-epoch singular-value statistics of every conv layer (changes nothing)."""
 
-    name = "conv_spectrum"
+    name = "conv-spectrum"
     family = "regularization"
     paper = PAPER
     modifies = frozenset()
@@ -216,20 +216,20 @@ _QUOTE = ("we show that this regularization strategy is stable with respect to n
 
 CLAIMS = [
     Claim(
-        id="orthogonal-conv-spectrum-digits", technique="orthogonal_conv", task="digits-cnn",
+        id="orthogonal-conv-spectrum-digits", technique="orthogonal-conv", task="digits-cnn",
         metric="conv_sigma_dev", direction="lower",
-        treatment=arm("conv_spectrum", ("orthogonal_conv", {"lam": 0.1})), baseline=arm("conv_spectrum"),
+        treatment=arm("conv-spectrum", ("orthogonal-conv", {"lam": 0.1})), baseline=arm("conv-spectrum"),
         seeds=5, suites=("quick", "full"), overrides={"epochs": 5}, min_effect=0.05,
         paper_quote=_QUOTE,
         paper_number="singular values of the regularized convolutions close to 1 (no single headline number)",
         paper_scale="CIFAR-10 / ImageNet networks with the regularizer on every convolution",
         notes="Mechanism claim: mean |sigma - 1| over all singular values (circular padding, exact FFT method) of "
-              "both conv layers at the end of training; the conv_spectrum probe runs in both arms.",
+              "both conv layers at the end of training; the conv-spectrum probe runs in both arms.",
     ),
     Claim(
-        id="orthogonal-conv-spectrum-mnist1d", technique="orthogonal_conv", task="mnist1d-cnn",
+        id="orthogonal-conv-spectrum-mnist1d", technique="orthogonal-conv", task="mnist1d-cnn",
         metric="conv_sigma_dev", direction="lower",
-        treatment=arm("conv_spectrum", ("orthogonal_conv", {"lam": 0.1})), baseline=arm("conv_spectrum"),
+        treatment=arm("conv-spectrum", ("orthogonal-conv", {"lam": 0.1})), baseline=arm("conv-spectrum"),
         seeds=5, suites=("full",), overrides={"epochs": 5}, min_effect=0.05, paper_quote=_QUOTE,
         paper_number="singular values of the regularized convolutions close to 1 (no single headline number)",
         paper_scale="CIFAR-10 / ImageNet networks with the regularizer on every convolution",

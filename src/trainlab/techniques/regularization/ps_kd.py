@@ -84,7 +84,7 @@ class PSKDTargets:
 class PSKD(Technique):
     """Soft targets (1 - alpha_t) * y + alpha_t * (the sample's last prediction), alpha_t = alpha_T * t / T."""
 
-    name = "ps_kd"
+    name = "ps-kd"
     family = "regularization"
     paper = PAPER
     modifies = frozenset({"batch", "loss_objective"})
@@ -93,7 +93,7 @@ class PSKD(Technique):
 
     def __init__(self, alpha_T: float = 0.8) -> None:
         if not 0.0 <= alpha_T <= 1.0:
-            raise ConfigError(f"ps_kd: alpha_T must be in [0, 1], got {alpha_T}")
+            raise ConfigError(f"ps-kd: alpha_T must be in [0, 1], got {alpha_T}")
         super().__init__(alpha_T=alpha_T)
         self.alpha_T = float(alpha_T)
         self.store: PSKDTargets | None = None
@@ -104,7 +104,7 @@ class PSKD(Technique):
         if self._resumed is not None:
             saved = self._resumed["predictions"]
             if tuple(saved.shape) != tuple(self.store.predictions.shape):
-                raise CheckpointError(f"ps_kd: saved predictions have shape {tuple(saved.shape)}, "
+                raise CheckpointError(f"ps-kd: saved predictions have shape {tuple(saved.shape)}, "
                                       f"the data needs {tuple(self.store.predictions.shape)}")
             self.store.predictions, self.store.seen = saved.clone(), self._resumed["seen"].clone()
             self._resumed = None
@@ -112,9 +112,9 @@ class PSKD(Technique):
     def transform_batch(self, batch: Batch, state: TrainState) -> Batch:
         assert self.store is not None, "on_train_start was not called"
         if batch.targets.dim() != 1:
-            raise ConfigError("ps_kd must see integer labels; put mixing policies after it (they are, by default)")
+            raise ConfigError("ps-kd must see integer labels; put mixing policies after it (they are, by default)")
         if state.task is not None and state.task.label_smoothing:
-            raise ConfigError("ps_kd and label smoothing cannot be combined (PS-KD replaces the targets)")
+            raise ConfigError("ps-kd and label smoothing cannot be combined (PS-KD replaces the targets)")
         soft = self.store.targets(batch.labels, batch.indices.cpu(), state.epoch, state.epochs).to(batch.inputs.device)
         return batch.replace(targets=soft)
 
@@ -139,15 +139,15 @@ _SCALE = "CIFAR-100 (PreAct ResNet-18/101, DenseNet-121, ResNeXt-29, PyramidNet-
 
 CLAIMS = [
     Claim(
-        id="ps-kd-accuracy-mnist1d", technique="ps_kd", task="mnist1d-mlp", metric="test_acc",
-        direction="higher", treatment=arm(("ps_kd", {"alpha_T": 0.8})), baseline=arm(), seeds=5, suites=("full",),
+        id="ps-kd-accuracy-mnist1d", technique="ps-kd", task="mnist1d-mlp", metric="test_acc",
+        direction="higher", treatment=arm(("ps-kd", {"alpha_T": 0.8})), baseline=arm(), seeds=5, suites=("full",),
         paper_quote=_QUOTE,
         paper_number="CIFAR-100 PreAct ResNet-18: top-1 error 24.18% -> 20.82%", paper_scale=_SCALE,
         notes="MNIST-1D with an MLP (20 epochs, Adam): the baseline overfits and is overconfident.",
     ),
     Claim(
-        id="ps-kd-calibration-mnist1d", technique="ps_kd", task="mnist1d-mlp", metric="test_ece",
-        direction="lower", treatment=arm(("ps_kd", {"alpha_T": 0.8})), baseline=arm(), seeds=5, suites=("full",),
+        id="ps-kd-calibration-mnist1d", technique="ps-kd", task="mnist1d-mlp", metric="test_ece",
+        direction="lower", treatment=arm(("ps-kd", {"alpha_T": 0.8})), baseline=arm(), seeds=5, suites=("full",),
         paper_quote=_QUOTE,
         paper_number="CIFAR-100 PreAct ResNet-18: ECE 11.84% -> 1.77%", paper_scale=_SCALE,
         notes="MNIST-1D with an MLP (20 epochs, Adam); ECE with 15 equal-width bins.",

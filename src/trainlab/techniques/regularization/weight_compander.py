@@ -136,7 +136,7 @@ def remove_compander(model: nn.Module) -> nn.Module:
 class WeightCompander(Technique):
     """Reparameterize every Linear/Conv weight as w = sign(v)((|v|+beta)^alpha - beta^alpha)."""
 
-    name = "weight_compander"
+    name = "weight-compander"
     family = "regularization"
     paper = PAPER
     modifies = frozenset({"model"})
@@ -159,8 +159,8 @@ _SGD = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
 
 CLAIMS = [
     Claim(
-        id="weight-compander-with-wd-mnist1d", technique="weight_compander", task="mnist1d-mlp",
-        metric="test_acc", direction="higher", treatment=arm("weight_compander"), baseline=arm(), seeds=5,
+        id="weight-compander-with-wd-mnist1d", technique="weight-compander", task="mnist1d-mlp",
+        metric="test_acc", direction="higher", treatment=arm("weight-compander"), baseline=arm(), seeds=5,
         suites=("full",), overrides={**_SGD, "weight_decay": 5e-4}, paper_quote=_QUOTE,
         paper_number="(not verified here: the paper's tables could not be read in this environment)",
         paper_scale=_SCALE, notes="MNIST-1D MLP, SGD with weight decay 5e-4 in both arms (applied to the latent "
@@ -169,32 +169,32 @@ CLAIMS = [
                                   "any gain may be a larger effective learning rate: the baseline's lr is not re-tuned.",
     ),
     Claim(
-        id="weight-compander-no-wd-mnist1d", technique="weight_compander", task="mnist1d-mlp",
-        metric="test_acc", direction="higher", treatment=arm("weight_compander"), baseline=arm(), seeds=5,
+        id="weight-compander-no-wd-mnist1d", technique="weight-compander", task="mnist1d-mlp",
+        metric="test_acc", direction="higher", treatment=arm("weight-compander"), baseline=arm(), seeds=5,
         suites=("full",), overrides={**_SGD, "weight_decay": 0.0}, paper_quote=_QUOTE,
         paper_number="(not verified here: the paper's tables could not be read in this environment)",
         paper_scale=_SCALE, notes="MNIST-1D MLP, SGD without weight decay in either arm: the compander as the only "
                                   "weight regularizer; same learning-rate caveat as above.",
     ),
     Claim(
-        id="weight-compander-with-wd-digits-cnn", technique="weight_compander", task="digits-cnn",
-        metric="test_acc", direction="higher", treatment=arm("weight_compander"), baseline=arm(), seeds=5,
+        id="weight-compander-with-wd-digits-cnn", technique="weight-compander", task="digits-cnn",
+        metric="test_acc", direction="higher", treatment=arm("weight-compander"), baseline=arm(), seeds=5,
         suites=("full",), paper_quote=_QUOTE,
         paper_number="(not verified here: the paper's tables could not be read in this environment)",
         paper_scale=_SCALE, notes="Digits CNN with the task's SGD weight decay 5e-4 in both arms; near the "
                                   "accuracy ceiling (about 99%), so little room for an effect.",
     ),
     Claim(
-        id="weight-compander-no-wd-digits-cnn", technique="weight_compander", task="digits-cnn",
-        metric="test_acc", direction="higher", treatment=arm("weight_compander"), baseline=arm(), seeds=5,
+        id="weight-compander-no-wd-digits-cnn", technique="weight-compander", task="digits-cnn",
+        metric="test_acc", direction="higher", treatment=arm("weight-compander"), baseline=arm(), seeds=5,
         suites=("full",), overrides={"weight_decay": 0.0}, paper_quote=_QUOTE,
         paper_number="(not verified here: the paper's tables could not be read in this environment)",
         paper_scale=_SCALE, notes="Digits CNN without weight decay in either arm; near the accuracy ceiling.",
     ),
     Claim(
-        id="weight-compander-tuned-lr-mnist1d", technique="weight_compander", task="mnist1d-mlp",
+        id="weight-compander-tuned-lr-mnist1d", technique="weight-compander", task="mnist1d-mlp",
         metric="test_acc", direction="higher",
-        treatment=arm("weight_compander", lr=0.05, label="weight compander, lr 0.05"),
+        treatment=arm("weight-compander", lr=0.05, label="weight compander, lr 0.05"),
         baseline=arm(lr=0.5, label="baseline, lr 0.5"), seeds=5, suites=("full",),
         overrides={**_SGD, "weight_decay": 5e-4}, paper_quote=_QUOTE,
         paper_number="(not verified here: the paper's tables could not be read in this environment)",
