@@ -18,6 +18,19 @@ from trainlab.techniques.regularization.weight_compander import (Compander, appl
 from trainlab.training.trainer import run_training
 
 
+def test_hand_computed_values():
+    # alpha = 1/2, beta = 0.01 (beta^alpha = 0.1): f(0.99) = sqrt(1.00) - 0.1 = 0.9,
+    # f(-0.24) = -(sqrt(0.25) - 0.1) = -0.4, f(0) = 0; and the inverse maps them back.
+    v = torch.tensor([0.99, -0.24, 0.0], dtype=torch.float64)
+    w = torch.tensor([0.9, -0.4, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(compand(v, 0.5, 0.01), w)
+    torch.testing.assert_close(expand(w, 0.5, 0.01), v)
+    # slope at zero: alpha * beta^(alpha - 1) = 0.5 / 0.1 = 5
+    x = torch.zeros(1, dtype=torch.float64).add_(1e-9).requires_grad_()
+    compand(x, 0.5, 0.01).sum().backward()
+    assert x.grad.item() == pytest.approx(5.0, rel=1e-6)
+
+
 def test_forward_equals_the_formula():
     v = torch.tensor([-2.0, -0.1, 0.0, 0.003, 0.5, 3.0], dtype=torch.float64)
     a, b = 0.5, 0.01
