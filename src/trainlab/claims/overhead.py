@@ -11,6 +11,7 @@ torch.autograd.graph.saved_tensors_hooks, each storage once). Both arms are meas
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any
@@ -121,4 +122,7 @@ def measure_overhead(baseline_task, baseline_techniques, treatment_task, treatme
         "memory_method": "cuda max_memory_allocated" if torch.device(device).type == "cuda"
         else "params + grads + optimizer state + saved activations",
         "steps_timed": steps_per_block * blocks,
+        # time ratios are only as good as the machine is quiet: record how busy it was
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "cpu_count": os.cpu_count(),
     }

@@ -160,6 +160,9 @@ def verdict_line(result: ClaimResult) -> str:
     o = result.overhead
     if o.get("time_ratio") is not None:
         text += f", overhead {o['time_ratio']:.2f}x time, {o['memory_ratio']:.2f}x memory"
+        load, cores = o.get("load_average_1min"), o.get("cpu_count")
+        if load is not None and cores and load > cores:
+            text += f" (timed with load {load:.1f} on {cores} cores: time ratio unreliable)"
     if a.verdict == "inconclusive" and a.seeds_needed:
         text += f" (about {a.seeds_needed} seeds would likely decide)"
     diverged = {arm: n["diverged"] for arm, n in result.status_counts.items() if n.get("diverged")}
