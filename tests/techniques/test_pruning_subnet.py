@@ -315,7 +315,7 @@ def test_layernorm_keeps_residual_stream_with_note():
     assert labels == {"Linear 'blocks.0.attn.q'", "Linear 'blocks.0.mlp.fc1'"}
     assert any("LayerNorm" in n for n in space.notes)
     text = str(space)
-    assert "pruning groups" in text and "prunable" in text and "LayerNorm" in text
+    assert "pruning groups" in text and "parameters" in text and "LayerNorm" in text
 
 
 def test_subnet_is_real_module_and_trains():

@@ -281,7 +281,8 @@ class PruningSpace:
         lines = [
             f"PruningSpace of {type(self.model).__name__}: {len(self.captured.graph.nodes)} graph nodes, "
             f"{self.num_groups} pruning groups",
-            f"  parameters: {total:,} total, {prunable:,} prunable ({100 * prunable / max(1, total):.1f}%)",
+            f"  parameters: {total:,} total, {prunable:,} ({100 * prunable / max(1, total):.1f}%) in pruning groups "
+            f"(removable slices: rows, columns, norm entries)",
             f"  group sparsity now: {self.group_sparsity():.3f}",
         ]
         by_producer: dict[str, int] = {}
