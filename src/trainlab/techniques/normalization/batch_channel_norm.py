@@ -143,15 +143,11 @@ def build_bcn(num_channels: int, dims: int, **settings: Any) -> nn.Module:
     return ChannelLast(layer, num_channels) if dims == 0 else layer
 
 
-def bcn_norm(num_channels: int, dims: int) -> nn.Module:
-    return build_bcn(num_channels, dims)
-
 
 def bcn_micro_norm(num_channels: int, dims: int) -> nn.Module:
     return build_bcn(num_channels, dims, estimate=True)
 
 
-register_norm("bcn", bcn_norm)
 register_norm("bcn-micro", bcn_micro_norm)
 register_builder("bcn", build_bcn)
 

@@ -50,7 +50,7 @@ from torch import nn
 
 from trainlab.claims.claim import Claim
 from trainlab.errors import ConfigError
-from trainlab.tasks.norms import ChannelLast, make_norm, norm_names
+from trainlab.tasks.norms import ChannelLast, make_norm, norm_names, register_norm
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Technique
 
@@ -71,7 +71,9 @@ CHANNEL_FIRST_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm
 
 
 def register_builder(name: str, builder: Callable[..., nn.Module]) -> None:
-    """Let `convert_norms(model, name, **settings)` build `name` with settings."""
+    """Make `name` a norm: `make_norm(name, ...)` calls `builder(num_channels, dims)` with its default
+    settings, and `convert_norms(model, name, **settings)` passes settings to it."""
+    register_norm(name, builder)
     _BUILDERS[name] = builder
 
 

@@ -47,7 +47,7 @@ from torch import nn
 
 from trainlab.claims.claim import Claim, arm
 from trainlab.errors import ConfigError
-from trainlab.tasks.norms import ChannelLast, group_count, register_norm
+from trainlab.tasks.norms import ChannelLast, group_count
 from trainlab.techniques.normalization.convert import convert_norms, register_builder
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Paper, Technique
@@ -149,16 +149,8 @@ def build_evonorm_s0(num_channels: int, dims: int, **settings: Any) -> nn.Module
     return EvoNormS0(num_channels, **settings)
 
 
-def evonorm_b0_norm(num_channels: int, dims: int) -> nn.Module:
-    return build_evonorm_b0(num_channels, dims)
 
 
-def evonorm_s0_norm(num_channels: int, dims: int) -> nn.Module:
-    return build_evonorm_s0(num_channels, dims)
-
-
-register_norm("evonorm-b0", evonorm_b0_norm)
-register_norm("evonorm-s0", evonorm_s0_norm)
 register_builder("evonorm-b0", build_evonorm_b0)
 register_builder("evonorm-s0", build_evonorm_s0)
 

@@ -69,7 +69,6 @@ from torch import nn
 
 from trainlab.claims.claim import Claim, arm
 from trainlab.errors import ConfigError
-from trainlab.tasks.norms import register_norm
 from trainlab.techniques.normalization.convert import (
     ChannelFirst,
     convert_norms,
@@ -176,11 +175,7 @@ def build_power_norm(num_channels: int, dims: int, **settings: Any) -> nn.Module
     return layer if dims == 0 else ChannelFirst(layer)
 
 
-def power_norm(num_channels: int, dims: int) -> nn.Module:
-    return build_power_norm(num_channels, dims)
 
-
-register_norm("power", power_norm)
 register_builder("power", build_power_norm)
 
 

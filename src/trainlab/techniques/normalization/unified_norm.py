@@ -63,7 +63,6 @@ from torch import nn
 
 from trainlab.claims.claim import Claim, arm
 from trainlab.errors import ConfigError
-from trainlab.tasks.norms import register_norm
 from trainlab.techniques.normalization.convert import (
     ChannelFirst,
     convert_norms,
@@ -247,11 +246,7 @@ def build_unified_norm(num_channels: int, dims: int, **settings: Any) -> nn.Modu
     return layer if dims == 0 else ChannelFirst(layer)
 
 
-def unified_norm(num_channels: int, dims: int) -> nn.Module:
-    return build_unified_norm(num_channels, dims)
 
-
-register_norm("unified", unified_norm)
 register_builder("unified", build_unified_norm)
 
 
