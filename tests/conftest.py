@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,3 +23,12 @@ def _shared_cache(factory: pytest.TempPathFactory) -> Path:
     path = factory.getbasetemp() / "trainlab-cache"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of tiny tensors: thread-pool waits dominate them on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
