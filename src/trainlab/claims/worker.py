@@ -27,8 +27,12 @@ def serve(threads: int) -> None:
             job_id, payload = pickle.load(stdin)
         except EOFError:
             return
-        pickle.dump((job_id, execute_payload(payload)), protocol_out)
-        protocol_out.flush()
+        result = execute_payload(payload)
+        try:
+            pickle.dump((job_id, result), protocol_out)
+            protocol_out.flush()
+        except BrokenPipeError:  # the driver is gone (interrupted): nobody is left to tell
+            return
 
 
 if __name__ == "__main__":
