@@ -230,7 +230,7 @@ def test_state_bytes_counts_each_storage_once() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["adamp", "diffgrad"])
+@pytest.mark.parametrize("name", ["adamp", "diffgrad", "sgdp"])
 def test_compiled_fused_kernel_matches_reference(name: str, monkeypatch) -> None:
     monkeypatch.setenv("TRAINLAB_OPTIM_COMPILE", "1")
     spec = SPECS[name]

@@ -94,9 +94,12 @@ def project_scale_invariant(p: Tensor, grad: Tensor, update: Tensor, delta: floa
     return update, 1.0
 
 
-def _bucket_projection(p3: Tensor, g3: Tensor, u3: Tensor, delta: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+def _bucket_projection(p3: Tensor, g3: Tensor, u3: Tensor, delta: Tensor, eps: Tensor, decay: Tensor,
+                       wd_ratio: Tensor) -> tuple[Tensor, Tensor]:
     """For `count` tensors of one shape viewed as [count, C, L]: the per-row coefficient c such that
-    the projected update is u - c * p (0 where no projection applies), and a per-tensor flag."""
+    the projected update is u - c * p (0 where no projection applies), and the factor
+    1 - decay * (wd_ratio if the tensor is projected else 1), both per row ([count, C]; per row
+    rather than per tensor so that a compiled update indexes both alike and stays one loop)."""
     count, channels, length = p3.shape
     gp, gg = (g3 * p3).sum(-1), (g3 * g3).sum(-1)
     pp, pu = (p3 * p3).sum(-1), (p3 * u3).sum(-1)
@@ -111,44 +114,88 @@ def _bucket_projection(p3: Tensor, g3: Tensor, u3: Tensor, delta: Tensor, eps: T
     coef_t = (pu_t / (p_norm_t + eps) ** 2).unsqueeze(-1).expand_as(coef_rows)
     zero = torch.zeros_like(coef_rows)
     coef = torch.where(by_channel.unsqueeze(-1), coef_rows, torch.where(by_tensor.unsqueeze(-1), coef_t, zero))
-    return coef, by_channel | by_tensor
-
-
-def _projected_step(p: Tensor, g: Tensor, u: Tensor, step_size: Tensor, decay: Tensor, delta: Tensor,
-                    wd_ratio: Tensor, eps: Tensor) -> Tensor:
-    """One flat segment: p <- p * (1 - decay * ratio) - step_size * projected(u), in place.
-    `p` is [count, C, L] (equal-shaped tensors, projected where scale invariant) or 1-D (never
-    projected). Returns the projected update."""
     one = torch.ones_like(decay)
-    if p.dim() == 1:
-        p.copy_(p * (one - decay) - step_size * u)
-        return u
-    coef, projected = _bucket_projection(p, g, u, delta, eps)
-    keep = (one - decay * torch.where(projected, wd_ratio, one)).view(-1, 1, 1)
-    u = u - coef.unsqueeze(-1) * p
-    p.copy_(p * keep - step_size * u)
-    return u
+    keep = one - decay * torch.where(by_channel | by_tensor, wd_ratio, one)
+    return coef, keep.unsqueeze(-1).expand_as(coef).contiguous()
 
 
-def _adamp_kernel(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-                  h: Tensor, nesterov: bool) -> None:
-    b1, one_minus_b1, b2, one_minus_b2, bc2_sqrt, eps, step_size, decay, delta, wd_ratio = h.unbind()
+# The fused kernels run in two compiled calls per step, so that each is a few full passes over
+# memory. The first only reads: it computes this step's moments and update in registers and
+# returns, per >1-D segment, the projection coefficients (small tensors). The second recomputes the
+# moments, stores them and applies p <- p * keep - step_size * (u - coef * p) in one pass. (Inside
+# one compiled function, the compiler inlined the coefficients' scalar arithmetic (square roots,
+# divisions, selects) into the innermost loop over every element and stored the moments in a pass
+# of their own: about twice as slow.)
+def _adam_moments(g: Tensor, m: Tensor, v: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    b1, one_minus_b1, b2, one_minus_b2 = h[:4].unbind()
+    return m * b1 + g * one_minus_b1, v * b2 + g * g * one_minus_b2
+
+
+def _adamp_direction(g: Tensor, m: Tensor, v: Tensor, h: Tensor, nesterov: bool) -> Tensor:
+    b1, one_minus_b1, bc2_sqrt, eps = h[0], h[1], h[4], h[5]
+    denom = v.sqrt() / bc2_sqrt + eps
+    return (b1 * m + one_minus_b1 * g) / denom if nesterov else m / denom
+
+
+def _adamp_coefficients(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor],
+                        exp_avg_sqs: list[Tensor], h: Tensor, nesterov: bool) -> list[Tensor]:
+    eps, decay, delta, wd_ratio = h[5], h[7], h[8], h[9]
+    coefs: list[Tensor] = []
     for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
-        m.mul_(b1).add_(g * one_minus_b1)
-        v.mul_(b2).add_(g * g * one_minus_b2)
-        denom = v.sqrt() / bc2_sqrt + eps
-        u = (b1 * m + one_minus_b1 * g) / denom if nesterov else m / denom
-        _projected_step(p, g, u, step_size, decay, delta, wd_ratio, eps)
+        if p.dim() > 1:
+            m, v = _adam_moments(g, m, v, h)
+            coefs += _bucket_projection(p, g, _adamp_direction(g, m, v, h, nesterov), delta, eps, decay, wd_ratio)
+    return coefs
 
 
-def _sgdp_kernel(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], h: Tensor, nesterov: bool) -> None:
-    momentum, one_minus_dampening, lr, decay, delta, wd_ratio, eps = h.unbind()
+def _adamp_apply(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
+                 h: Tensor, nesterov: bool, coefs: list[Tensor]) -> None:
+    step_size, decay = h[6], h[7]
+    pairs = iter(zip(coefs[0::2], coefs[1::2]))
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+        m_new, v_new = _adam_moments(g, m, v, h)
+        m.copy_(m_new)
+        v.copy_(v_new)
+        u = _adamp_direction(g, m_new, v_new, h, nesterov)
+        if p.dim() == 1:
+            p.copy_(p * (1 - decay) - step_size * u)
+        else:
+            coef, keep = next(pairs)
+            p.copy_(p * keep.unsqueeze(-1) - step_size * (u - coef.unsqueeze(-1) * p))
+
+
+def _sgdp_direction(g: Tensor, buf: Tensor, h: Tensor, nesterov: bool) -> tuple[Tensor, Tensor]:
+    """(new momentum buffer, update direction)."""
+    momentum, one_minus_dampening = h[0], h[1]
+    buf = buf * momentum + g * one_minus_dampening
+    return buf, (g + momentum * buf if nesterov else buf)
+
+
+def _sgdp_coefficients(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], h: Tensor,
+                       nesterov: bool) -> list[Tensor]:
+    decay, delta, wd_ratio, eps = h[3], h[4], h[5], h[6]
+    coefs: list[Tensor] = []
     for p, g, buf in zip(params, grads, bufs):
-        buf.mul_(momentum).add_(g * one_minus_dampening)
-        if nesterov:
-            _projected_step(p, g, g + momentum * buf, lr, decay, delta, wd_ratio, eps)
-        else:  # the buffer is the step and is projected too (as in the authors' code)
-            buf.copy_(_projected_step(p, g, buf, lr, decay, delta, wd_ratio, eps))
+        if p.dim() > 1:
+            coefs += _bucket_projection(p, g, _sgdp_direction(g, buf, h, nesterov)[1], delta, eps, decay, wd_ratio)
+    return coefs
+
+
+def _sgdp_apply(params: list[Tensor], grads: list[Tensor], bufs: list[Tensor], h: Tensor, nesterov: bool,
+                coefs: list[Tensor]) -> None:
+    lr, decay = h[2], h[3]
+    pairs = iter(zip(coefs[0::2], coefs[1::2]))
+    for p, g, buf in zip(params, grads, bufs):
+        buf_new, u = _sgdp_direction(g, buf, h, nesterov)
+        if p.dim() == 1:
+            buf.copy_(buf_new)
+            p.copy_(p * (1 - decay) - lr * u)
+            continue
+        coef, keep = next(pairs)
+        u = u - coef.unsqueeze(-1) * p
+        # without Nesterov the buffer is the step and is projected too (as in the authors' code)
+        buf.copy_(buf_new if nesterov else u)
+        p.copy_(p * keep.unsqueeze(-1) - lr * u)
 
 
 # ---- the optimizers ---------------------------------------------------------------------------------
@@ -226,8 +273,10 @@ class AdamP(MultiPathOptimizer):
         h = scalars([beta1, 1 - beta1, beta2, 1 - beta2, math.sqrt(1 - beta2 ** step), group["eps"],
                      group["lr"] / (1 - beta1 ** step), group["lr"] * group["weight_decay"], group["delta"],
                      group["wd_ratio"]], flat.params[0])
-        run_kernel(_adamp_kernel, flat.tensors("param"), flat.tensors("grad"), flat.tensors("exp_avg"),
-                   flat.tensors("exp_avg_sq"), h, group["nesterov"])
+        args = (flat.tensors("param"), flat.tensors("grad"), flat.tensors("exp_avg"), flat.tensors("exp_avg_sq"), h,
+                group["nesterov"])
+        coefs = run_kernel(_adamp_coefficients, *args) if flat.has_matrices else []
+        run_kernel(_adamp_apply, *args, coefs)
 
 
 class SGDP(MultiPathOptimizer):
@@ -287,8 +336,9 @@ class SGDP(MultiPathOptimizer):
         h = scalars([momentum, 1 - group["dampening"], group["lr"],
                      group["lr"] * group["weight_decay"] / (1 - momentum), group["delta"], group["wd_ratio"],
                      group["eps"]], flat.params[0])
-        run_kernel(_sgdp_kernel, flat.tensors("param"), flat.tensors("grad"), flat.tensors("momentum"), h,
-                   group["nesterov"])
+        args = (flat.tensors("param"), flat.tensors("grad"), flat.tensors("momentum"), h, group["nesterov"])
+        coefs = run_kernel(_sgdp_coefficients, *args) if flat.has_matrices else []
+        run_kernel(_sgdp_apply, *args, coefs)
 
 
 # ---- test registry --------------------------------------------------------------------------------

@@ -140,6 +140,7 @@ class FlatGroup:
                 index += 1
                 off += n
             self.segments.append(seg)
+        self.has_matrices = any(seg["shape"] is not None for seg in self.segments)
         self.param_ptrs = [p.data_ptr() for p in self.params]
         self.grad_ptrs = [g.data_ptr() for g in self.grad_views]
 
