@@ -180,7 +180,7 @@ def test_fused_path_survives_missing_grads_replaced_params_and_in_place_zeroing(
     fast_model = copy.deepcopy(ref_model)
     ref = spec.make(ref_model.parameters(), **spec.example, **spec.reference)
     fast = spec.make(fast_model.parameters(), **spec.example, fused=True)
-    batches = _batches(6)
+    batches = _batches(7)
 
     def step(i: int, set_to_none: bool = True, skip_fc2: bool = False) -> None:
         x, y = batches[i]
@@ -197,12 +197,61 @@ def test_fused_path_survives_missing_grads_replaced_params_and_in_place_zeroing(
     step(2)                                     # rebuilds
     step(3, set_to_none=False)                  # grads are views of the flat buffer: no copy needed
     for flat in fast._flat[0].flats:
-        assert all(p.grad.data_ptr() == ptr for p, ptr in zip(flat.params, flat.grad_ptrs))
+        if flat.grad_state is None:
+            assert all(p.grad.data_ptr() == ptr for p, ptr in zip(flat.params, flat.grad_ptrs))
+        else:  # double-buffered: p.grad must not alias a buffer, or in-place zeroing would wipe state
+            buffers = {t.untyped_storage().data_ptr() for seg in flat.segments for t in seg.values()
+                       if torch.is_tensor(t)}
+            assert all(p.grad.untyped_storage().data_ptr() not in buffers for p in flat.params)
+    step(4, set_to_none=False)                  # accumulates in place again
     fast_model.fc1.weight.data = fast_model.fc1.weight.data.clone()   # a parameter re-homed elsewhere
-    step(4)
     step(5)
+    step(6)
     for a, b in zip(ref_model.parameters(), fast_model.parameters()):
         torch.testing.assert_close(b, a, rtol=2e-5, atol=1e-6)
+
+
+def test_double_buffered_state_survives_state_dict_and_a_missed_gradient() -> None:
+    """diffGrad's previous gradient swaps buffers with the flat gradient buffer every fused step:
+    the state that state_dict() sees must be the current one after any number of swaps, also around
+    a step where one parameter has no gradient (foreach fallback) and after loading it back."""
+    spec = SPECS["diffgrad"]
+    torch.manual_seed(0)
+    ref_model = _Net()
+    fast_model = copy.deepcopy(ref_model)
+    ref = spec.make(ref_model.parameters(), **spec.example, **spec.reference)
+    fast = spec.make(fast_model.parameters(), **spec.example, fused=True)
+    batches = _batches(8)
+
+    def step(models_opts, i: int, skip_fc2: bool = False) -> None:
+        x, y = batches[i]
+        for model, opt in models_opts:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            if skip_fc2:
+                model.fc2.bias.grad = None
+            opt.step()
+
+    pairs = ((ref_model, ref), (fast_model, fast))
+    for i in range(3):                          # an odd number of swaps
+        step(pairs, i)
+    assert fast._flat and fast._flat[0].flats[0].grad_state == "previous_grad"
+    for p_ref, p_fast in zip(ref_model.parameters(), fast_model.parameters()):
+        torch.testing.assert_close(fast.state[p_fast]["previous_grad"], ref.state[p_ref]["previous_grad"],
+                                   rtol=2e-5, atol=1e-6)
+    step(pairs, 3, skip_fc2=True)               # fallback step, then rebuild
+    step(pairs, 4)
+    buf = io.BytesIO()
+    torch.save(fast.state_dict(), buf)
+    resumed_model = copy.deepcopy(fast_model)
+    resumed = spec.make(resumed_model.parameters(), **spec.example, fused=True)
+    buf.seek(0)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    for i in range(5, 8):
+        step(pairs + ((resumed_model, resumed),), i)
+    for a, b, c in zip(ref_model.parameters(), fast_model.parameters(), resumed_model.parameters()):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=1e-6)
+        assert torch.equal(c, b)
 
 
 def test_default_path_is_foreach_for_small_groups_and_fused_for_large_ones(monkeypatch) -> None:

@@ -22,7 +22,8 @@ fixed version (diffGrad_v2) keeps a copy. This implementation follows the fixed 
 algorithm as the paper states it.
 
 Fast paths (see ``fastpath``): the update is purely elementwise, so ``fused`` runs it as one
-compiled loop over the group's flat buffers; ``foreach`` uses ``torch._foreach_*``. Both match the
+compiled loop over the group's flat buffers, in which this step's gradient buffer becomes the stored
+previous gradient (double buffering); ``foreach`` uses ``torch._foreach_*``. Both match the
 single-tensor reference to float32 rounding.
 
 Plain PyTorch::
@@ -57,14 +58,18 @@ PAPER = Paper(
 
 
 def _diffgrad_kernel(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-                     prevs: list[Tensor], h: Tensor) -> None:
+                     prevs: list[Tensor], h: Tensor, decay: bool) -> None:
+    """The fused update. The gradient buffers become the previous gradient after the step (double
+    buffering, see fastpath.FlatGroup.swap), so the decayed gradient is written back into them only
+    with weight decay (`decay`); `prevs` are only read."""
     b1, one_minus_b1, b2, one_minus_b2, eps, step_size, wd = h.unbind()
     for p, grad, m, v, prev in zip(params, grads, exp_avgs, exp_avg_sqs, prevs):
         g = grad + wd * p
         m.mul_(b1).add_(g * one_minus_b1)
         v.mul_(b2).add_(g * g * one_minus_b2)
         friction = torch.sigmoid((prev - g).abs())
-        prev.copy_(g)
+        if decay:
+            grad.copy_(g)
         p.sub_(step_size * ((m * friction) / (v.sqrt() + eps)))
 
 
@@ -75,6 +80,7 @@ class DiffGrad(MultiPathOptimizer):
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "previous_grad")
+    flat_grad_state = "previous_grad"
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, *, foreach: bool | None = None, fused: bool | None = None) -> None:
@@ -127,7 +133,7 @@ class DiffGrad(MultiPathOptimizer):
         h = scalars([beta1, 1 - beta1, beta2, 1 - beta2, group["eps"], step_size, group["weight_decay"]],
                     flat.params[0])
         run_kernel(_diffgrad_kernel, flat.tensors("param"), flat.tensors("grad"), flat.tensors("exp_avg"),
-                   flat.tensors("exp_avg_sq"), flat.tensors("previous_grad"), h)
+                   flat.tensors("exp_avg_sq"), flat.tensors("previous_grad"), h, group["weight_decay"] != 0)
 
 
 # Hand cases. Step 1: m = (1-b1) g, v = (1-b2) g^2, previous gradient 0 so xi = sigmoid(|g|);

@@ -23,7 +23,10 @@ buffers were built. Parameters that have taken different numbers of steps (one m
 get separate flat buffers, one set per step count, since their bias corrections differ. Gradients that
 autograd produced in fresh tensors (``zero_grad(set_to_none=True)``) are copied into the flat
 gradient buffer once per step, and ``p.grad`` is pointed at its slice, so a loop that zeroes
-gradients in place accumulates straight into the buffer.
+gradients in place accumulates straight into the buffer. An optimizer whose state is this step's
+gradient (diffGrad's previous gradient, ``flat_grad_state``) double-buffers it with the gradient
+buffer instead: the copied-in gradient becomes that state after the step (no separate write of
+it), and ``p.grad`` is left as it is, so such an optimizer copies the gradients every step.
 """
 from __future__ import annotations
 
@@ -98,7 +101,9 @@ class FlatGroup:
     """
 
     def __init__(self, params: Sequence[Tensor], state: dict, state_keys: Sequence[str], step: float,
-                 by_shape: bool = False) -> None:
+                 by_shape: bool = False, grad_state: str | None = None) -> None:
+        self.state = state
+        self.grad_state = grad_state
         order = sorted(range(len(params)), key=lambda i: (params[i].dim() > 1, tuple(params[i].shape)))
         self.params = [params[i] for i in order]
         first = self.params[0]
@@ -115,6 +120,7 @@ class FlatGroup:
         self.step = float(step)
         self.segments: list[dict[str, Any]] = []
         self.grad_views: list[Tensor] = []
+        self.state_views: list[Tensor] = []  # views of the `grad_state` buffers, if any
         index = 0
         for run in runs:
             n_seg = sum(p.numel() for p in run)
@@ -136,6 +142,8 @@ class FlatGroup:
                     if k in st:
                         sview.copy_(st[k])
                     st[k] = sview
+                    if k == grad_state:
+                        self.state_views.append(sview)
                 st["step"] = self.steps[index]
                 index += 1
                 off += n
@@ -153,34 +161,53 @@ class FlatGroup:
         return all(p.data_ptr() == ptr for p, ptr in zip(self.params, self.param_ptrs))
 
     def gather_grads(self) -> bool:
-        """Make the flat gradient buffers hold this step's gradients; False if one is missing."""
-        src: list[Tensor] = []
-        dst: list[Tensor] = []
-        for p, gview, ptr in zip(self.params, self.grad_views, self.grad_ptrs):
+        """Make the flat gradient buffers hold this step's gradients; False if one is missing.
+
+        Gradients that are already views of the buffers (a loop that zeroes them in place) are not
+        copied. Otherwise the gradients are copied in and (unless
+        the buffers are double-buffered with a state, see `swap`) `p.grad` is pointed at its slice."""
+        grads: list[Tensor] = []
+        stale = False
+        for p, ptr in zip(self.params, self.grad_ptrs):
             g = p.grad
             if g is None or g.is_sparse:
                 return False
-            if g.data_ptr() != ptr:
-                src.append(g)
-                dst.append(gview)
-        if src:
-            torch._foreach_copy_(dst, src)
-            for p, gview, ptr in zip(self.params, self.grad_views, self.grad_ptrs):
-                if p.grad.data_ptr() != ptr:
-                    p.grad = gview
+            grads.append(g)
+            stale = stale or g.data_ptr() != ptr
+        if not stale:
+            return True
+        torch._foreach_copy_(self.grad_views, grads)
+        if self.grad_state is None:
+            for p, gview in zip(self.params, self.grad_views):
+                p.grad = gview
         return True
+
+    def swap(self) -> None:
+        """Double buffering for an optimizer whose state `grad_state` is (a function of) this step's
+        gradient (diffGrad's previous gradient): after the update, the gradient buffers become that
+        state and the state's old buffers receive the next step's gradients. This saves writing the
+        state separately. `p.grad` never points into these buffers (a loop that zeroes gradients
+        in place would otherwise wipe the state), so every step copies the gradients in."""
+        key = self.grad_state
+        for seg in self.segments:
+            seg["grad"], seg[key] = seg[key], seg["grad"]
+        self.grad_views, self.state_views = self.state_views, self.grad_views
+        self.grad_ptrs = [g.data_ptr() for g in self.grad_views]
+        for p, view in zip(self.params, self.state_views):
+            self.state[p][key] = view
 
 
 class FusedGroup:
     """A parameter group on the fused path: one FlatGroup per distinct step count (parameters that
     missed a gradient on some step have taken fewer steps, hence other bias corrections)."""
 
-    def __init__(self, params: Sequence[Tensor], state: dict, state_keys: Sequence[str], by_shape: bool) -> None:
+    def __init__(self, params: Sequence[Tensor], state: dict, state_keys: Sequence[str], by_shape: bool,
+                 grad_state: str | None = None) -> None:
         self.ids = tuple(id(p) for p in params)
         by_step: dict[float, list[Tensor]] = {}
         for p in params:
             by_step.setdefault(float(state[p]["step"]) if "step" in state[p] else 0.0, []).append(p)
-        self.flats = [FlatGroup(ps, state, state_keys, step, by_shape) for step, ps in sorted(by_step.items())]
+        self.flats = [FlatGroup(ps, state, state_keys, step, by_shape, grad_state) for step, ps in sorted(by_step.items())]
 
     def matches(self, params: Sequence[Tensor]) -> bool:
         if len(params) != len(self.ids) or any(id(p) != i for p, i in zip(params, self.ids)):
@@ -200,6 +227,9 @@ class MultiPathOptimizer(Optimizer):
     has_fused: ClassVar[bool] = True
     #: fused path: one flat segment per run of equal-shaped >1-D tensors (see FlatGroup)
     flat_by_shape: ClassVar[bool] = False
+    #: fused path: a state key whose buffers are double-buffered with the gradient buffers (see
+    #: FlatGroup.swap); `_flat_update` must then leave that state's new value in the gradient buffers
+    flat_grad_state: ClassVar[str | None] = None
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, foreach: bool | None, fused: bool | None) -> None:
         if foreach and fused:
@@ -290,6 +320,8 @@ class MultiPathOptimizer(Optimizer):
             flat.step += 1
             flat.steps.add_(1)
             self._flat_update(group, flat, flat.step)
+            if flat.grad_state is not None:
+                flat.swap()
         return True
 
     def _build_fused(self, index: int, params: list[Tensor]) -> FusedGroup | None:
@@ -298,7 +330,7 @@ class MultiPathOptimizer(Optimizer):
         first = params[0]
         if not first.is_floating_point() or any(p.dtype != first.dtype or p.device != first.device for p in params):
             return None
-        fused = FusedGroup(params, self.state, self.state_keys, self.flat_by_shape)
+        fused = FusedGroup(params, self.state, self.state_keys, self.flat_by_shape, self.flat_grad_state)
         self._flat[index] = fused
         return fused
 
