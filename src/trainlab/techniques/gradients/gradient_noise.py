@@ -167,5 +167,6 @@ CLAIMS = [
         paper_quote="The technique not only helps to avoid overfitting, but also can result in lower training loss.",
         paper_number=_NUMBER, paper_scale=_SCALE,
         notes="Final training loss of the same deep narrow MLP.",
+        suites=("quick", "full"),
     ),
 ]

@@ -276,7 +276,7 @@ CLAIMS = [
         paper_quote=_QUOTE,
         paper_number="CIFAR-10: 82% for deep ResNets with BatchNorm only; equal-count random parameters far lower",
         paper_scale="CIFAR-10 ResNet-14..866, WRNs; ImageNet ResNet-50..200",
-        seeds=5, suites=("full",),
+        seeds=5, suites=("quick", "full"),
         notes="digits-cnn widened to channels (128, 256): 768 BatchNorm parameters out of ~300k; lr 0.5 "
               "(both arms), 15 epochs.",
     ),

@@ -509,6 +509,7 @@ CLAIMS = [
         paper_quote=_QUOTE,
         paper_number="qualitative: norms of scale-invariant weights grow much more slowly with SGDP than with SGD",
         paper_scale=_SCALE, notes="Mechanism claim, as adamp-slows-norm-growth, for SGD with momentum 0.9.",
+        suites=("quick", "full"),
     ),
     Claim(
         id="adamp-accuracy-cifar10", technique="adamp", task="cifar10-cnn", metric="test_acc", direction="higher",

@@ -191,6 +191,7 @@ CLAIMS = [
         paper_scale=_SCALE,
         notes="Same lr (the task's Adam lr 3e-3), betas and schedule in both arms. The paper's results were produced "
               "by code whose friction coefficient was constantly 0.5 (see the module docstring).",
+        suites=("quick", "full"),
     ),
     Claim(
         id="diffgrad-vs-adam-cifar10", technique="diffgrad", task="cifar10-cnn", metric="test_acc", direction="higher",

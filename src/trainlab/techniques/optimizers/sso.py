@@ -174,6 +174,7 @@ CLAIMS = [
         notes="Both arms make one loss-gradient evaluation per batch (logged as sso_grad_evals, equal in both), so "
               "the final training loss compares loss at equal gradient evaluations. SSO also makes 5x the model "
               "backward passes (sso_backprops): per backprop it is not cheaper.",
+        suites=("quick", "full"),
     ),
     Claim(
         id="sso-lower-test-loss-per-grad-eval", technique="sso", task="digits-cnn", metric="test_loss",
