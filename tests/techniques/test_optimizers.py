@@ -134,15 +134,21 @@ def test_state_dict_round_trip_resumes_identically(name: str) -> None:
             assert torch.equal(a, b), f"{name} {flags}: resumed training differs"
 
 
-@pytest.mark.parametrize("name,index", FAST)
-def test_fast_path_matches_single_tensor_reference(name: str, index: int) -> None:
-    spec = SPECS[name]
-    flags = spec.fast_paths[index]
+def _reference_and_fast_pair(spec, **flags):
+    """Two copies of one seeded _Net: one stepped by the reference path, one by the path `flags` pick."""
     torch.manual_seed(0)
     ref_model = _Net()
     fast_model = copy.deepcopy(ref_model)
     ref = spec.make(ref_model.parameters(), **spec.example, **spec.reference)
     fast = spec.make(fast_model.parameters(), **spec.example, **flags)
+    return ref_model, fast_model, ref, fast
+
+
+@pytest.mark.parametrize("name,index", FAST)
+def test_fast_path_matches_single_tensor_reference(name: str, index: int) -> None:
+    spec = SPECS[name]
+    flags = spec.fast_paths[index]
+    ref_model, fast_model, ref, fast = _reference_and_fast_pair(spec, **flags)
     for x, y in _batches(6):
         for model, opt in ((ref_model, ref), (fast_model, fast)):
             opt.zero_grad()
@@ -175,11 +181,7 @@ FUSED = [n for n in NAMES if any(f.get("fused") for f in SPECS[n].fast_paths)]
 @pytest.mark.parametrize("name", FUSED)
 def test_fused_path_survives_missing_grads_replaced_params_and_in_place_zeroing(name: str) -> None:
     spec = SPECS[name]
-    torch.manual_seed(0)
-    ref_model = _Net()
-    fast_model = copy.deepcopy(ref_model)
-    ref = spec.make(ref_model.parameters(), **spec.example, **spec.reference)
-    fast = spec.make(fast_model.parameters(), **spec.example, fused=True)
+    ref_model, fast_model, ref, fast = _reference_and_fast_pair(spec, fused=True)
     batches = _batches(7)
 
     def step(i: int, set_to_none: bool = True, skip_fc2: bool = False) -> None:
@@ -216,11 +218,7 @@ def test_double_buffered_state_survives_state_dict_and_a_missed_gradient() -> No
     the state that state_dict() sees must be the current one after any number of swaps, also around
     a step where one parameter has no gradient (foreach fallback) and after loading it back."""
     spec = SPECS["diffgrad"]
-    torch.manual_seed(0)
-    ref_model = _Net()
-    fast_model = copy.deepcopy(ref_model)
-    ref = spec.make(ref_model.parameters(), **spec.example, **spec.reference)
-    fast = spec.make(fast_model.parameters(), **spec.example, fused=True)
+    ref_model, fast_model, ref, fast = _reference_and_fast_pair(spec, fused=True)
     batches = _batches(8)
 
     def step(models_opts, i: int, skip_fc2: bool = False) -> None:
@@ -283,11 +281,7 @@ def test_state_bytes_counts_each_storage_once() -> None:
 def test_compiled_fused_kernel_matches_reference(name: str, monkeypatch) -> None:
     monkeypatch.setenv("TRAINLAB_OPTIM_COMPILE", "1")
     spec = SPECS[name]
-    torch.manual_seed(0)
-    ref_model = _Net()
-    fast_model = copy.deepcopy(ref_model)
-    ref = spec.make(ref_model.parameters(), **spec.example, **spec.reference)
-    fast = spec.make(fast_model.parameters(), **spec.example, fused=True)
+    ref_model, fast_model, ref, fast = _reference_and_fast_pair(spec, fused=True)
     for x, y in _batches(3):
         for model, opt in ((ref_model, ref), (fast_model, fast)):
             opt.zero_grad()
