@@ -104,8 +104,6 @@ class TrainState:
     generator: torch.Generator | None = None
     #: metrics a technique reports for the current epoch (merged into the epoch's row)
     epoch_metrics: dict[str, float] = field(default_factory=dict)
-    #: callables a technique registers to compute extra metrics at evaluation time
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total_steps(self) -> int:
