@@ -407,12 +407,14 @@ _QUOTE = ("Our method estimates gradient variance in the dual norm induced by th
 _NUMBER = ("about 1.5x faster convergence than D-Muon on GPT-2/LLaMA pre-training, as the public reviews summarize "
            "the paper's results (the paper's own tables were not accessible here)")
 _SCALE = "GPT-2 and LLaMA pre-training (language modelling)"
+#: the baseline of every claim here: the same optimizer with one shared rate (so the claims share its runs)
+_ONE_RATE = arm(("noise-adaptive-lr", {"adaptive": False}), label="Muon, one rate")
 CLAIMS = [
     Claim(
         id="noise-adaptive-lr-seq-transformer", technique="noise-adaptive-lr", task="seq-transformer",
         metric="mean:train_loss", direction="lower", min_effect=0.005,
         treatment=arm("noise-adaptive-lr", label="Muon, noise-adaptive rates"),
-        baseline=arm(("noise-adaptive-lr", {"adaptive": False}), label="Muon, one rate"), seeds=5,
+        baseline=_ONE_RATE, seeds=5,
         paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
         notes="Same optimizer (Muon on hidden matrices + AdamW elsewhere, the task's lr/wd) with one shared rate vs "
               "per-layer noise-adaptive rates. Metric: training loss averaged over the task's 15 epochs (faster "
@@ -421,7 +423,7 @@ CLAIMS = [
     Claim(
         id="noise-adaptive-lr-modarith", technique="noise-adaptive-lr", task="modarith-transformer",
         metric="test_acc", direction="higher", treatment=arm("noise-adaptive-lr", label="Muon, noise-adaptive rates"),
-        baseline=arm(("noise-adaptive-lr", {"adaptive": False}), label="Muon, one rate"), seeds=5,
+        baseline=_ONE_RATE, seeds=5,
         paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
         notes="Modular addition (grokking setting, weight decay 1.0); test accuracy after the task's epochs.",
     ),
@@ -429,7 +431,7 @@ CLAIMS = [
         id="noise-adaptive-lr-modarith-clip2", technique="noise-adaptive-lr", task="modarith-transformer",
         metric="test_acc", direction="higher",
         treatment=arm(("noise-adaptive-lr", {"ratio_clip": 2.0}), label="Muon, noise-adaptive rates within 2x"),
-        baseline=arm(("noise-adaptive-lr", {"adaptive": False}), label="Muon, one rate"), seeds=5,
+        baseline=_ONE_RATE, seeds=5,
         paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
         notes="Sensitivity check of noise-adaptive-lr-modarith: the clip on the layer-rate ratio (8 by default) is "
               "this implementation's choice, not the paper's; here each layer's rate stays within 2x of the "
