@@ -33,8 +33,32 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     y = y.to(out.device)
     probs = out.softmax(dim=1)
     finite = bool(torch.isfinite(out).all())
+    pred = out.argmax(dim=1)
     return {
         "loss": float(F.cross_entropy(out, y)) if finite else float("nan"),
-        "acc": float((out.argmax(dim=1) == y).float().mean()),
+        "acc": float((pred == y).float().mean()),
         "ece": expected_calibration_error(probs, y) if finite else float("nan"),
+        # share of the most frequent predicted class: 1.0 means constant predictions (a collapsed model)
+        "top_class_frac": float(torch.bincount(pred).max() / max(len(pred), 1)) if len(pred) else float("nan"),
+    }
+
+
+@torch.no_grad()
+def noisy_label_fit(model: torch.nn.Module, x: torch.Tensor, noisy_y: torch.Tensor, clean_y: torch.Tensor,
+                    batch_size: int, device: torch.device) -> dict[str, float]:
+    """How far a model has memorized noisy training labels (eval mode, no augmentation).
+
+    train_noisy_acc: accuracy against the labels it was trained on (noisy); train_clean_acc: against
+    the true labels; train_memorized: among the flipped examples, the share predicted as their
+    (wrong) training label. Early learning fits the clean labels (train_memorized near 0);
+    memorization drives train_memorized toward 1 and train_noisy_acc above the clean fraction."""
+    was_training = model.training
+    model.eval()
+    pred = torch.cat([model(x[i:i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    flipped = noisy_y != clean_y
+    return {
+        "train_noisy_acc": float((pred == noisy_y).float().mean()),
+        "train_clean_acc": float((pred == clean_y).float().mean()),
+        "train_memorized": float((pred[flipped] == noisy_y[flipped]).float().mean()) if flipped.any() else 0.0,
     }

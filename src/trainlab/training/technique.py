@@ -44,6 +44,15 @@ RESOURCES = frozenset(
 EXCLUSIVE = frozenset({"optimizer", "loss_objective", "norm_layers", "schedule"})
 
 
+#: How close a technique is to its paper (shown beside every verdict):
+#:  exact     matches the official code; a test compares against values or formulas taken from it
+#:  faithful  follows the paper's text; no official code was found
+#:  variant   a core part is this project's own choice (listed in `deviations`)
+#:  stand-in  the paper's method could not be read; a placeholder with the same intent
+#:  control   not a paper's method: a harness control (sanity checks)
+FIDELITY_LEVELS = ("exact", "faithful", "variant", "stand-in", "control")
+
+
 @dataclass(frozen=True)
 class Paper:
     title: str
@@ -124,6 +133,11 @@ class Technique:
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
     paper: ClassVar[Paper | None] = None
+    #: one of FIDELITY_LEVELS; variant and stand-in list their `deviations` from the paper
+    fidelity: ClassVar[str] = ""
+    deviations: ClassVar[tuple[str, ...]] = ()
+    #: for "exact": what the comparison with the official code is (the test, the reference)
+    fidelity_evidence: ClassVar[str] = ""
     modifies: ClassVar[frozenset[str]] = frozenset()
     #: lower runs first in the composed order (batch transforms, loss wrapping, gradient hooks)
     order: ClassVar[int] = 50

@@ -26,7 +26,7 @@ from trainlab.tasks.loading import load_task_data
 from trainlab.tasks.task import Task
 from trainlab.training import distributed
 from trainlab.training.checkpoint import load_checkpoint, save_checkpoint
-from trainlab.training.metrics import evaluate
+from trainlab.training.metrics import evaluate, noisy_label_fit
 from trainlab.training.optim import build_optimizer, build_scheduler
 from trainlab.training.provenance import provenance
 from trainlab.training.result import RunResult
@@ -268,7 +268,9 @@ def run_training(
     final = dict(history[-1]) if history else {}
     if status == "diverged":
         final = {"epoch": len(history), "train_loss": float("nan"), "test_loss": float("nan"),
-                 **{k: v for k, v in _evaluate_all(model, data, task, device).items() if k.endswith("acc")}}
+                 "chance_acc": 1.0 / data.num_classes,
+                 **{k: v for k, v in _evaluate_all(model, data, task, device).items()
+                    if k.endswith("acc") or k.endswith("top_class_frac")}}
     for t in techs:
         t.on_train_end(model, state)
     return RunResult(
@@ -321,6 +323,9 @@ def _epoch_row(epoch, model, data, task, device, state, loss_sum, correct, seen,
     row: dict[str, float] = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
                              "train_acc": correct / max(seen, 1)}
     row.update(_evaluate_all(model, data, task, device))
+    row["chance_acc"] = 1.0 / data.num_classes
+    if data.clean_train_y is not None:  # label noise: record memorization (for regime preconditions)
+        row.update(noisy_label_fit(model, data.train_x, data.train_y, data.clean_train_y, task.eval_batch_size, device))
     row["lr"] = float(optimizer.param_groups[0]["lr"])
     row["train_seconds"] = seconds
     for k, v in state.epoch_metrics.items():
@@ -355,7 +360,8 @@ class _progress_bar:
 
     def epoch_done(self, row: dict[str, float]) -> None:
         extra = "".join(f"  {k} {v:.4g}" for k, v in row.items()
-                        if k not in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_ece", "lr", "train_seconds"))
+                        if k not in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_ece", "lr", "train_seconds",
+                                      "chance_acc", "test_top_class_frac"))
         self.progress.console.print(
             f"epoch {int(row['epoch']):3d}/{self.task.epochs}  train_loss {row['train_loss']:.4f}  "
             f"train_acc {row['train_acc']:.4f}  test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  "
