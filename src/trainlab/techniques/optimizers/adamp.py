@@ -384,6 +384,11 @@ class AdamPTechnique(Technique):
     name = "adamp"
     family = "optimizers"
     paper = PAPER
+    fidelity = "exact"
+    fidelity_evidence = ("tests/techniques/test_adamp.py::test_three_steps_match_the_official_package: three steps "
+                         "(channel-view, layer-view, unprojected and 1-D tensors; weight decay; with and without "
+                         "Nesterov) equal the parameters the official adamp 0.3.0 package (clovaai/AdamP, "
+                         "adamp/adamp.py) produces, on the single, foreach and fused paths")
     modifies = frozenset({"optimizer"})
     summary = "Adam without the radial (norm-increasing) update component on scale-invariant weights"
 
@@ -404,6 +409,11 @@ class SGDPTechnique(Technique):
     name = "sgdp"
     family = "optimizers"
     paper = PAPER
+    fidelity = "exact"
+    fidelity_evidence = ("tests/techniques/test_adamp.py::test_three_steps_match_the_official_package: three steps "
+                         "(channel-view, layer-view, unprojected and 1-D tensors; weight decay over 1 - momentum; "
+                         "the projected momentum buffer; with and without Nesterov) equal the parameters the "
+                         "official adamp 0.3.0 package (clovaai/AdamP, adamp/sgdp.py) produces, on every path")
     modifies = frozenset({"optimizer"})
     summary = "SGD+momentum without the radial update component on scale-invariant weights"
 
@@ -450,6 +460,7 @@ class ScaleInvariantNormProbe(Technique):
 
     name = "si-norm-probe"
     family = "diagnostics"
+    fidelity = "control"  # a measuring instrument, not a paper's method: it changes nothing
     modifies = frozenset()
     summary = "logs the norm of normalization-preceded (scale-invariant) weights per epoch"
 
