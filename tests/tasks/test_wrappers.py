@@ -65,6 +65,27 @@ def test_symmetric_noise_rate_and_uniform_other_classes():
     assert offsets.min() >= 1 and (shares - 1 / (C - 1)).abs().max() < 0.025
 
 
+def test_symmetric_all_noise_redraws_from_all_classes():
+    # ELR's official convention: a redrawn label is uniform over all C classes, its own included,
+    # so the wrong fraction is rate * (C - 1) / C and a redraw keeps its label 1 / C of the time
+    b = _bundle()
+    n = with_label_noise(b, 0.4, "symmetric-all", seed=0)
+    wrong = n.train_y != b.train_y
+    assert abs(wrong.float().mean().item() - 0.4 * (C - 1) / C) < 0.02
+    assert n.info["wrappers"][-1]["realized"] == pytest.approx(wrong.float().mean().item())
+    assert n.info["wrappers"][-1]["kind"] == "symmetric-all" and n.name == "toy+noise0.4symall"
+    offsets = (n.train_y[wrong] - b.train_y[wrong]) % C
+    shares = torch.bincount(offsets, minlength=C)[1:].double() / wrong.sum()
+    assert (shares - 1 / (C - 1)).abs().max() < 0.025
+    # rate 1: every label is redrawn, so about 1 / C keep their class (the "symmetric" kind keeps none)
+    every = with_label_noise(b, 1.0, "symmetric-all", seed=1)
+    assert abs((every.train_y == b.train_y).float().mean().item() - 1 / C) < 0.015
+    assert (with_label_noise(b, 1.0, "symmetric", seed=1).train_y != b.train_y).all()
+    # the same draws decide which labels are redrawn under both kinds
+    sym = with_label_noise(b, 0.4, "symmetric", seed=0)
+    assert ((sym.train_y != b.train_y) | ~wrong).all()
+
+
 def test_pairwise_noise_maps_c_to_c_plus_one():
     b = _bundle()
     n = with_label_noise(b, 0.2, "pairwise", seed=5)

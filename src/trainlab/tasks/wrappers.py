@@ -6,9 +6,15 @@ intact), is reproducible from its seed, appends what it did to info["wrappers"] 
 changes the tensors, changes DataBundle.fingerprint().
 
 Conventions:
-- Symmetric label noise: with probability `rate` a training label is replaced by a class drawn
-  uniformly from the OTHER C - 1 classes, so the expected fraction of wrong labels is `rate`
-  (some papers draw from all C classes, which gives rate * (C - 1) / C wrong labels).
+- Symmetric label noise ("symmetric", the default): with probability `rate` a training label is
+  replaced by a class drawn uniformly from the OTHER C - 1 classes, so a noisy label is always
+  wrong and the expected fraction of wrong labels is `rate` (the convention of e.g. the nested
+  dropout paper's official noise script, yingyichen-cyy/Nested-Co-teaching).
+  "symmetric-all": with probability `rate` the label is redrawn uniformly from ALL C classes, its
+  own included, so the expected fraction of wrong labels is rate * (C - 1) / C (0.36 at rate 0.4
+  and C = 10). This is the convention of ELR's official code (shengliu66/ELR, data_loader/cifar10.py,
+  which redraws exactly ceil(rate * N) labels with np.random.randint(num_classes); here each label
+  is redrawn with probability `rate`, the same expectation).
   Pairwise ("pair flipping", as in Han et al., "Co-teaching", 2018, arXiv:1804.06872): class c
   becomes (c + 1) mod C with probability `rate`. The clean labels are kept in `clean_train_y`.
 - Imbalance: the exponential long-tailed profile of Cao et al., "Learning Imbalanced Datasets with
@@ -32,10 +38,11 @@ import torch
 from trainlab.errors import ConfigError
 from trainlab.tasks.task import DataBundle
 
-NOISE_KINDS = ("symmetric", "pairwise")
+NOISE_KINDS = ("symmetric", "symmetric-all", "pairwise")
 SHIFT_KINDS = ("rotate", "invert")
 # Distinct random streams per wrapper, so e.g. the subset does not depend on whether noise follows.
 _STREAM = {"subset": 1, "imbalance": 2, "noise": 3}
+_NOISE_TAGS = {"symmetric": "sym", "symmetric-all": "symall", "pairwise": "pair"}
 
 
 def apply_wrappers(bundle: DataBundle, *, train_subset: int | None = None, label_noise: float = 0.0,
@@ -118,7 +125,8 @@ def _keep_train(bundle: DataBundle, idx: torch.Tensor, tag: str, record: dict[st
 
 def with_label_noise(bundle: DataBundle, rate: float, kind: str = "symmetric", seed: int = 0) -> DataBundle:
     """Corrupt each training label with probability `rate` (see the module docstring for the
-    symmetric and pairwise conventions). Test labels are untouched; clean labels go to clean_train_y."""
+    "symmetric", "symmetric-all" and "pairwise" conventions). Test labels are untouched; clean labels
+    go to clean_train_y; info["wrappers"][-1]["realized"] is the fraction of labels that are wrong."""
     if kind not in NOISE_KINDS:
         raise ConfigError(f"noise_kind must be one of {', '.join(NOISE_KINDS)}, got {kind!r}")
     if not 0.0 <= rate <= 1.0:
@@ -133,13 +141,15 @@ def with_label_noise(bundle: DataBundle, rate: float, kind: str = "symmetric", s
     flip = torch.from_numpy(rng.random(len(y)) < rate)
     if kind == "symmetric":
         other = (y + torch.from_numpy(rng.integers(1, num_classes, len(y)))) % num_classes
+    elif kind == "symmetric-all":  # a redraw may land on the true class: not every redrawn label is wrong
+        other = torch.from_numpy(rng.integers(0, num_classes, len(y))).to(y.dtype)
     else:
         other = (y + 1) % num_classes
     noisy = torch.where(flip, other, y)
     clean = bundle.clean_train_y if bundle.clean_train_y is not None else y
     realized = float((noisy != clean).float().mean()) if len(y) else 0.0
     record = {"label_noise": rate, "kind": kind, "seed": seed, "realized": realized}
-    tag = f"noise{rate:g}{'sym' if kind == 'symmetric' else 'pair'}"
+    tag = f"noise{rate:g}{_NOISE_TAGS[kind]}"
     return _derived(bundle, tag, record, train_y=noisy, clean_train_y=clean)
 
 
