@@ -100,3 +100,45 @@ def test_technique_in_the_trainer_changes_training_and_is_deterministic() -> Non
     assert a.status == "finished"
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
     assert any(not torch.equal(a.state[k], base.state[k]) for k in a.state)
+
+
+def test_matches_the_values_printed_by_the_official_package() -> None:
+    # The authors' torch_tract 1.0.0 (Felix-Petersen/tract, torch_tract/tract.py) ends with a self-test
+    # that prints, to 4 decimals, the weight and bias gradients of its TrActLinear(8, 5, 0.1) and
+    # TrActConv2d(2, 5, 3, 1, 0, 0.1) layers for this seed, these inputs and an MSE loss. The same
+    # nn.Linear / nn.Conv2d, transformed here after backward, must give the same numbers.
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 8), torch.randn(30, 5)
+    lin = nn.Linear(8, 5)
+    tract = TrAct(lin, lam=0.1)
+    (y - lin(x)).pow(2).mean().backward()
+    tract.transform_()
+    official_w = torch.tensor([
+        [0.0741, 0.0949, -0.0559, -0.0398, -0.1364, 0.0013, 0.1603, -0.0468],
+        [-0.0994, -0.1061, -0.1781, 0.1479, 0.1114, -0.0374, 0.0324, -0.1329],
+        [0.0303, 0.0484, 0.1385, -0.1675, 0.0778, -0.0854, -0.0592, 0.0526],
+        [-0.0726, 0.1049, 0.0998, 0.0420, -0.1409, -0.0031, -0.0432, -0.1150],
+        [0.1438, -0.0729, -0.0261, -0.1015, -0.0902, 0.1821, -0.1520, 0.0950]])
+    torch.testing.assert_close(lin.weight.grad, official_w, rtol=0, atol=6e-5)
+    torch.testing.assert_close(lin.bias.grad, torch.tensor([-0.1162, 0.1062, -0.1275, -0.0206, -0.1149]),
+                               rtol=0, atol=6e-5)
+
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 2, 6, 4), torch.randn(30, 5, 4, 2)
+    conv = nn.Conv2d(2, 5, 3, 1, 0)
+    tract = TrAct(conv, lam=0.1)
+    (y - conv(x)).pow(2).mean().backward()
+    tract.transform_()
+    official_first = torch.tensor([[[-0.0501, -0.0166, 0.0214], [-0.0230, 0.0324, 0.0655], [0.0010, 0.0600, 0.0290]],
+                                   [[-0.0144, 0.0254, 0.0484], [0.0741, -0.0920, 0.0260], [-0.0109, -0.0480, -0.0420]]])
+    official_last = torch.tensor([[[-0.0896, 0.0370, -0.0823], [-0.0971, -0.0723, -0.0460], [0.0048, -0.0286, -0.0452]],
+                                  [[0.0912, -0.0151, 0.0588], [-0.0053, -0.0359, -0.0247], [-0.0263, -0.0650, 0.0599]]])
+    torch.testing.assert_close(conv.weight.grad[0], official_first, rtol=0, atol=6e-5)
+    torch.testing.assert_close(conv.weight.grad[4], official_last, rtol=0, atol=6e-5)
+    torch.testing.assert_close(conv.bias.grad, torch.tensor([0.0052, -0.0397, 0.1093, 0.0464, -0.1079]),
+                               rtol=0, atol=6e-5)
+    # the transform is not the identity here: the raw gradient differs from these values
+    raw = nn.Conv2d(2, 5, 3, 1, 0)
+    raw.load_state_dict(conv.state_dict())
+    (y - raw(x)).pow(2).mean().backward()
+    assert (raw.weight.grad[0] - official_first).abs().max() > 1e-2

@@ -135,6 +135,11 @@ class TrActTechnique(Technique):
     name = "tract"
     family = "gradients"
     paper = PAPER
+    fidelity = "exact"
+    fidelity_evidence = ("tests/techniques/test_tract.py::test_matches_the_values_printed_by_the_official_package: "
+                         "Linear and Conv2d weight and bias gradients equal those the authors' torch_tract 1.0.0 "
+                         "(Felix-Petersen/tract, torch_tract/tract.py) prints for its own seeded self-test; Conv1d "
+                         "first layers (not in the official code) use the same formula on their patches")
     modifies = frozenset({"gradients"})
     order = 40  # before gradient noise and clipping: it replaces the raw first-layer gradient
     summary = "first-layer weight gradient times (X^T X / b + lambda I)^-1 (trains the pre-activations)"
