@@ -182,6 +182,14 @@ class BNOnly(Technique):
     name = "bn-only"
     family = "normalization"
     paper = PAPER
+    fidelity = "variant"
+    deviations = (
+        "the normalization parameters keep the model's own initialization (PyTorch: gamma = 1, beta = 0); the "
+        "authors' code (facebookresearch/open_lth, default batchnorm_init='uniform') draws gamma from U[0, 1] and "
+        "the other weights from a Kaiming normal",
+        "every normalization layer's affine parameters train (BatchNorm, GroupNorm, LayerNorm, ...), not only "
+        "BatchNorm2d's; the same for the BatchNorm models of the claims here",
+    )
     modifies = frozenset({"weights"})
     summary = "freeze all weights at init; train only BatchNorm's gamma and beta"
 
@@ -208,6 +216,12 @@ class RandomSubset(Technique):
     name = "random-subset"
     family = "normalization"
     paper = PAPER
+    fidelity = "variant"
+    deviations = (
+        "the trainable elements are drawn uniformly over all non-normalization weights; the paper's control "
+        "trains two random parameters per channel",
+        "initialization as in bn-only: the model's own, not the authors' Kaiming normal / U[0, 1] gamma",
+    )
     modifies = frozenset({"weights", "gradients"})
     order = 90  # mask gradients after other gradient hooks; restore after other projections
     summary = "control: train as many random weights as bn-only trains normalization parameters"
