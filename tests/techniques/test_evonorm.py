@@ -112,3 +112,53 @@ def test_technique_replaces_bn_relu_pairs_by_one_layer():
     EvoNorm(variant="s0").prepare(model, None)
     assert [type(m).__name__ for m in model] == ["Conv2d", "EvoNormS0", "Identity", "Conv2d", "EvoNormS0", "Identity"]
     model(torch.randn(2, 1, 7, 7)).sum().backward()
+
+
+def _official_evonorm(x, layer, v, gamma, beta, moving_variance, training, decay=0.9, num_groups=32):
+    # The authors' EvoNorm (tensorflow/tpu, models/official/resnet/resnet_model.py: evonorm, _batch_std,
+    # _instance_std, _group_std), transcribed to torch for channels_first input: tf.nn.moments gives the
+    # biased variance; EPSILON = 1e-5; the moving variance starts at 1 and is updated by
+    # assign_sub((moving - var) * (1 - decay)), decay MOVING_AVERAGE_DECAY = 0.9; the group count counts
+    # down from 32 to the first divisor of C. Returns (output, new moving variance).
+    shape = (1, -1, 1, 1)
+    if layer == "s0":
+        c = x.shape[1]
+        while num_groups > 1 and c % num_groups:
+            num_groups -= 1
+        g = x.reshape(x.shape[0], num_groups, c // num_groups, *x.shape[2:])
+        std = torch.sqrt(g.var(dim=(2, 3, 4), unbiased=False, keepdim=True) + EPS).expand_as(g).reshape(x.shape)
+        out = x * torch.sigmoid(v.view(shape) * x) / std
+    else:
+        if training:
+            variance = x.var(dim=(0, 2, 3), unbiased=False)
+            moving_variance = moving_variance - (moving_variance - variance) * (1 - decay)
+        else:
+            variance = moving_variance
+        left = torch.sqrt(variance + EPS).view(shape)
+        right = v.view(shape) * x + torch.sqrt(x.var(dim=(2, 3), unbiased=False, keepdim=True) + EPS)
+        out = x / torch.maximum(left, right)
+    return out * gamma.view(shape) + beta.view(shape), moving_variance
+
+
+def test_b0_and_s0_match_the_authors_tensorflow_code():
+    torch.manual_seed(5)
+    # S0 with 48 channels: 32 does not divide 48, so the authors' code counts down to 24 groups
+    s0 = EvoNormS0(48)
+    _params(s0)
+    x = torch.randn(3, 48, 4, 5) * 2 + 0.3
+    expected, _ = _official_evonorm(x, "s0", s0.v, s0.weight, s0.bias, None, True)
+    assert s0.num_groups == 24
+    torch.testing.assert_close(s0(x), expected, atol=1e-5, rtol=1e-4)
+    # B0: two training steps (moving variance from its initial 1), then evaluation with the moving variance
+    b0 = EvoNormB0(6)
+    _params(b0)
+    moving = torch.ones(6)
+    for step in range(2):
+        x = torch.randn(4, 6, 3, 5) * (1 + step) - 0.5
+        expected, moving = _official_evonorm(x, "b0", b0.v, b0.weight, b0.bias, moving, True)
+        torch.testing.assert_close(b0(x), expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(b0.running_var, moving)
+    b0.eval()
+    x = torch.randn(2, 6, 3, 3)
+    expected, _ = _official_evonorm(x, "b0", b0.v, b0.weight, b0.bias, moving, False)
+    torch.testing.assert_close(b0(x), expected, atol=1e-5, rtol=1e-4)

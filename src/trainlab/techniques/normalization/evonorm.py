@@ -162,6 +162,11 @@ class EvoNorm(Technique):
     name = "evonorm"
     family = "normalization"
     paper = PAPER
+    fidelity = "exact"
+    fidelity_evidence = ("tests/techniques/test_evonorm.py::test_b0_and_s0_match_the_authors_tensorflow_code: B0 "
+                         "(two training steps and evaluation, with the moving variance) and S0 (group count "
+                         "counted down from 32) equal a transcription of the authors' evonorm, _batch_std, "
+                         "_instance_std and _group_std (tensorflow/tpu, models/official/resnet/resnet_model.py)")
     modifies = frozenset({"norm_layers", "model"})
     summary = "evolved normalization-activation layers (B0: batch-dependent, S0: batch-independent)"
 
