@@ -170,6 +170,17 @@ class WSBCN(Technique):
     name = "ws-bcn"
     family = "normalization"
     paper = PAPER
+    fidelity = "variant"
+    deviations = (
+        "the weight standardization part uses the biased filter variance (the paper's formula), the authors' "
+        "code the unbiased one (a scale factor sqrt((n - 1) / n) on the filters); the BCN part follows the "
+        "authors' EstBN / BCNorm (test_batch_channel_norm.py::test_micro_batch_mode_updates_estimates_as_the_"
+        "official_code_then_normalizes_with_them and ::test_large_batch_mode_is_batchnorm_then_groupnorm_with_"
+        "per_group_affine)",
+        "every convolution is standardized; the authors standardize only convolutions followed by a "
+        "normalization layer",
+        "groups: the largest divisor of C up to 32 where 32 does not divide C (the authors' code always uses 32)",
+    )
     modifies = frozenset({"norm_layers", "model"})
     summary = "micro-batch training: standardized conv weights, batch norm with estimates + group norm"
 

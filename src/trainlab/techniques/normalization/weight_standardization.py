@@ -136,6 +136,14 @@ class WeightStandardizationTechnique(Technique):
     name = "weight-standardization"
     family = "normalization"
     paper = PAPER
+    fidelity = "variant"
+    deviations = (
+        "the filter variance is the biased one (the paper's formula); the authors' code "
+        "(joe-siyuan-qiao/Batch-Channel-Normalization, imagenet/models/layers.py) uses the unbiased variance, "
+        "so the standardized filters differ by the factor sqrt((n - 1) / n) for n inputs per filter",
+        "every convolution is standardized by default; the authors standardize only convolutions followed by a "
+        "normalization layer",
+    )
     modifies = frozenset({"model"})
     summary = "standardize each conv filter to zero mean, unit variance (a reparameterization)"
 
