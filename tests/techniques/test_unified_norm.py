@@ -171,3 +171,76 @@ def test_registered_norm_technique_and_errors():
         UnifiedNorm(4)(torch.randn(2, 3))
     with pytest.raises(ConfigError):
         UnifiedNormTechnique(warmup=-1)
+
+
+class _OfficialUN:
+    """The authors' UN1d / UN2dFunction (hikvision-research/Unified-Normalization, the layer's
+    unified_normalization.py), transcribed for tokens [M, C] without a padding mask: iteration count
+    incremented before the forward; recorded variance of sqrt(buffer_x2) taken before the buffer update;
+    forward slot and backward slot iters % window; var = x2 up to iters <= window, before warm-up or
+    on a skip, else the window's geometric mean; r = 1 up to max(1000, warmup) or on a skip, else
+    clamp(sqrt(var + eps) / sqrt(running_var + eps), 1/5, 5); the backward's gz over g = gamma * r * dy,
+    its window mean feeding ema_gz, centre mean_gz on a skip and ema_gz otherwise. `comp_start` is the
+    official constant 1000, a parameter here so that a short test reaches the compensation branch."""
+
+    def __init__(self, c, window, warmup, filtration, comp_start, weight, bias, eps=EPS, momentum=0.9):
+        self.w, self.b, self.window, self.warmup, self.filtration = weight, bias, window, warmup, filtration
+        self.comp_start, self.eps, self.m = comp_start, eps, momentum
+        self.running_var, self.ema_gz = torch.ones(c, dtype=torch.double), torch.zeros(c, dtype=torch.double)
+        self.buffer_x2 = torch.zeros(window, c, dtype=torch.double)
+        self.buffer_gz = torch.zeros(window, c, dtype=torch.double)
+        self.iters, self.skips = 0, 0
+
+    def step(self, x, dy):
+        """One training step: returns (y, dL/dx, dL/dgamma, dL/dbeta)."""
+        self.iters += 1
+        it, eps, m = self.iters, self.eps, self.m
+        skip = self.window <= 1
+        x2 = (x * x).mean(0)
+        recorded = torch.var(torch.sqrt(self.buffer_x2))
+        self.buffer_x2[it % self.window] = x2
+        if it >= self.warmup and self.filtration:
+            am = self.buffer_x2.mean(0)
+            gm = torch.exp(torch.log(self.buffer_x2).mean(0))
+            if ((am - gm) > recorded * self.window).sum() > 0:
+                self.buffer_x2[it % self.window] = self.running_var
+                skip = True
+                self.skips += 1
+        var = x2 if (it <= self.window or it < self.warmup or skip) else torch.exp(torch.log(self.buffer_x2).mean(0))
+        r = (var + eps).sqrt() / (self.running_var + eps).sqrt()
+        r = torch.ones_like(r) if (it <= max(self.comp_start, self.warmup) or skip) else r.clamp(1 / 5, 5)
+        z = x / (var + eps).sqrt()
+        self.running_var = m * self.running_var + (1 - m) * var
+        y = self.w * z + self.b
+        g = dy * self.w * r
+        gz = (g * z).mean(0)
+        self.buffer_gz[it % self.window] = self.ema_gz if skip else gz
+        mean_gz = gz if (it <= self.window or it < self.warmup or skip) else self.buffer_gz.mean(0)
+        self.ema_gz = self.ema_gz * m + (1 - m) * mean_gz
+        grad_x = (g - (mean_gz if skip else self.ema_gz) * z) / torch.sqrt(var + eps)
+        return y, grad_x, (dy * r * z).sum(0), dy.sum(0)
+
+
+@pytest.mark.parametrize("filtration", [False, True])
+def test_steps_match_a_transcription_of_the_authors_code(filtration):
+    torch.manual_seed(7)
+    c, window, warmup, comp = 4, 3, 5, 8
+    m = _un(c, window_size=window, warmup_iters=warmup, outlier_filtration=filtration,
+            compensation_start=comp).double()
+    ref = _OfficialUN(c, window, warmup, filtration, comp, m.weight.detach().clone(), m.bias.detach().clone())
+    for step in range(14):
+        scale = 40.0 if step == 10 else 1.0 + 0.2 * step     # a spike at iteration 11
+        x = (torch.randn(2, 9, c, dtype=torch.double) * scale + 0.3).requires_grad_(True)
+        dy = torch.randn(2, 9, c, dtype=torch.double)
+        m.weight.grad = m.bias.grad = None
+        y = m(x)
+        y.backward(dy)
+        y_ref, gx_ref, gw_ref, gb_ref = ref.step(x.detach().reshape(-1, c), dy.reshape(-1, c))
+        torch.testing.assert_close(y.detach().reshape(-1, c), y_ref)
+        torch.testing.assert_close(x.grad.reshape(-1, c), gx_ref)
+        torch.testing.assert_close(m.weight.grad, gw_ref)
+        torch.testing.assert_close(m.bias.grad, gb_ref)
+        torch.testing.assert_close(m.running_var, ref.running_var)
+        torch.testing.assert_close(m.ema_gz, ref.ema_gz)
+    assert int(m.skip_counter) == ref.skips
+    assert ref.skips >= (1 if filtration else 0)

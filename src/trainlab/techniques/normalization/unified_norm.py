@@ -262,6 +262,14 @@ class UnifiedNormTechnique(Technique):
     name = "unified-norm"
     family = "normalization"
     paper = PAPER
+    fidelity = "exact"
+    fidelity_evidence = ("tests/techniques/test_unified_norm.py::test_steps_match_a_transcription_of_the_authors_code: "
+                         "14 training steps (batch statistics, window geometric mean, gradient compensation, "
+                         "outlier filtration on and off) give the outputs, input and affine gradients, running_var "
+                         "and ema_gz of a transcription of the authors' UN1d / UN2dFunction "
+                         "(hikvision-research/Unified-Normalization); no padding mask. The technique's default "
+                         "warm-up ('auto') keeps the official run's fractions (4% / 1% of the steps) instead of "
+                         "its 4000 / 1000 steps")
     modifies = frozenset({"norm_layers"})
     summary = "LN replacement with offline statistics (foldable at inference), smoothed fluctuations"
 
