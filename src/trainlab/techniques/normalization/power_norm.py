@@ -192,7 +192,6 @@ class PowerNormTechnique(Technique):
         "authors' MaskPowerNorm divides by the batch's own quadratic mean (the two agree during warm-up)",
         "no padding mask: every token counts in the statistics (the authors' code excludes padded tokens)",
         "group scaling uses group_num=1 by default; the authors' scripts use the number of attention heads",
-        "warm-up length: the task's learning-rate warm-up steps (the authors tie it to theirs)",
     )
     modifies = frozenset({"norm_layers"})
     summary = "BN for transformers without centring: running quadratic mean + approximate backward"
