@@ -162,6 +162,14 @@ class RegionNorm(Technique):
     name = "region-norm"
     family = "normalization"
     paper = PAPER
+    fidelity = "variant"
+    deviations = (
+        "RN-B only: the paper's learnable RN-L (used in its decoder) is not implemented",
+        "eps = 1e-5 on each region's variance (the paper's formula); the authors' code scales eps by the ratio "
+        "of the whole map to the region's size",
+        "the technique takes the mask from input pixels whose channels all equal hole_value; the paper's "
+        "network receives the mask as an input",
+    )
     modifies = frozenset({"norm_layers"})
     summary = "inpainting: normalize hole and valid regions with separate statistics (RN-B)"
 
