@@ -98,3 +98,52 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     resumed = run_training(TINY, [("ps-kd", {})], seed=3, checkpoint=ck, resume=True, keep_state=True)
     assert full.state.keys() == resumed.state.keys()
     assert all(torch.equal(full.state[k], resumed.state[k]) for k in full.state)
+
+
+def test_three_epochs_match_a_transcription_of_the_authors_training_loop():
+    # The authors' loop (lgcnsai/PS-KD-Pytorch, main.py `main`/`train`, loss/pskd_loss.py), transcribed:
+    # alpha_t = max(0, alpha_T * (epoch + 1) / end_epoch); in epoch 0 the stored predictions of the
+    # batch's samples are set to their one-hot labels; soft = (1 - alpha_t) one_hot + alpha_t stored;
+    # loss = (-soft * log_softmax(out)).mean(0).sum(); after the step the batch's softmax outputs
+    # (of the same forward pass) replace the stored predictions.
+    torch.manual_seed(0)
+    n, c, epochs, alpha_T = 12, 3, 3, 0.8
+    x, y = torch.randn(n, 4), torch.randint(0, c, (n,))
+    orders = [torch.randperm(n) for _ in range(epochs)]
+    official_model = torch.nn.Linear(4, c)
+    ours_model = torch.nn.Linear(4, c)
+    ours_model.load_state_dict(official_model.state_dict())
+
+    opt = torch.optim.SGD(official_model.parameters(), lr=0.5)
+    all_predictions = torch.zeros(n, c)
+    for epoch in range(epochs):
+        alpha_t = max(0, alpha_T * ((epoch + 1) / epochs))
+        for idx in orders[epoch].split(4):
+            one_hot = torch.eye(c)[y[idx]]
+            if epoch == 0:
+                all_predictions[idx] = one_hot
+            soft = (1 - alpha_t) * one_hot + alpha_t * all_predictions[idx]
+            out = official_model(x[idx])
+            loss = (-soft * F.log_softmax(out, dim=1)).mean(0).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            all_predictions[idx] = F.softmax(out, dim=1).detach()
+
+    opt = torch.optim.SGD(ours_model.parameters(), lr=0.5)
+    state = TrainState(num_train=n, num_classes=c, epochs=epochs, model=ours_model)
+    tech = PSKD(alpha_T=alpha_T)
+    tech.on_train_start(ours_model, opt, state)
+    for epoch in range(epochs):
+        state.epoch = epoch
+        for idx in orders[epoch].split(4):
+            batch = tech.transform_batch(Batch(inputs=x[idx], targets=y[idx], indices=idx), state)
+            out = ours_model(batch.inputs)
+            loss = tech.loss(out, batch, state, F.cross_entropy(out, batch.targets))  # the Trainer's base loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    for a, b in zip(ours_model.parameters(), official_model.parameters()):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(tech.store.predictions, all_predictions)

@@ -87,6 +87,11 @@ class PSKD(Technique):
     name = "ps-kd"
     family = "regularization"
     paper = PAPER
+    fidelity = "exact"
+    fidelity_evidence = ("tests/techniques/test_ps_kd.py::test_three_epochs_match_a_transcription_of_the_authors_"
+                         "training_loop: three epochs through the technique's hooks give the parameters and stored "
+                         "predictions of a transcription of the authors' loop (lgcnsai/PS-KD-Pytorch, main.py "
+                         "train, loss/pskd_loss.py): alpha schedule, one-hot first epoch, soft-target loss")
     modifies = frozenset({"batch", "loss_objective"})
     order = 10  # before mixing policies, so that mixup mixes the PS-KD targets
     summary = "progressive self-distillation: targets mixed with the model's last-epoch predictions"
