@@ -98,3 +98,33 @@ def test_regularizer_and_probe_through_the_trainer():
     torch.testing.assert_close(tech.loss(None, None, None, torch.tensor(1.0)), 1.0 + 0.5 * expected)
     with pytest.raises(ConfigError):
         OrthogonalConv(lam=0.1).on_train_start(nn.Linear(2, 2), None, None)
+
+
+def _official_lorth_2d(w_tf: torch.Tensor, stride: int) -> torch.Tensor:
+    # The authors' L_orth (deel-ai/deel-lip, deel/lip/regularizers.py: Lorth.compute_lorth, Lorth2D),
+    # transcribed with explicit sums for a channels-last kernel w_tf [R, R, C, M]: the M filters are
+    # a batch of M images [R, R, C] (transpose [3, 0, 1, 2]), zero-padded by ((R - 1) // S) * S on
+    # both spatial sides, then correlated ("VALID", stride S) with w_tf itself; the target holds
+    # eye(M) at position (floor(W'/2), floor(W'/2)); result: sum of squares - max(0, M - S^2 C).
+    r, _, c, m = w_tf.shape
+    pad = ((r - 1) // stride) * stride
+    images = F.pad(w_tf.permute(3, 0, 1, 2), (0, 0, pad, pad, pad, pad))  # [M, R + 2P, R + 2P, C]
+    size = (images.shape[1] - r) // stride + 1
+    out = torch.zeros(m, size, size, m, dtype=w_tf.dtype)
+    for i in range(size):
+        for j in range(size):
+            patch = images[:, i * stride:i * stride + r, j * stride:j * stride + r, :]   # [M, R, R, C]
+            out[:, i, j, :] = torch.einsum("nabc,abcm->nm", patch, w_tf)
+    target = torch.zeros_like(out)
+    ct = size // 2
+    target[:, ct, ct, :] = torch.eye(m, dtype=w_tf.dtype)
+    return (out - target).pow(2).sum() - max(0, m - stride ** 2 * c)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("m,c,k", [(4, 3, 3), (6, 2, 3), (3, 5, 5), (9, 2, 3)])
+def test_lorth_equals_a_transcription_of_the_authors_code(stride, m, c, k):
+    torch.manual_seed(m * 10 + c + stride)
+    weight = torch.randn(m, c, k, k, dtype=torch.double) * 0.4
+    expected = _official_lorth_2d(weight.permute(2, 3, 1, 0), stride)  # torch [M, C, k, k] -> TF [k, k, C, M]
+    torch.testing.assert_close(orthogonality_loss(weight, stride=stride), expected)

@@ -138,6 +138,11 @@ class OrthogonalConv(Technique):
     name = "orthogonal-conv"
     family = "regularization"
     paper = PAPER
+    fidelity = "exact"
+    fidelity_evidence = ("tests/techniques/test_orthogonal_conv.py::test_lorth_equals_a_transcription_of_the_authors_"
+                         "code: L_orth of 2-D kernels (row- and column-orthogonal cases, strides 1 and 2) equals a "
+                         "transcription of the authors' Lorth / Lorth2D (deel-ai/deel-lip, deel/lip/regularizers.py); "
+                         "1-D kernels (the paper's theory, not in that code) use the same formula")
     modifies = frozenset({"loss"})
     order = 70
     summary = "regularize every convolution towards orthogonality (L_orth of Achour et al.)"
@@ -173,6 +178,7 @@ class ConvSpectrum(Technique):
     name = "conv-spectrum"
     family = "regularization"
     paper = PAPER
+    fidelity = "control"  # a measuring probe (changes nothing); its singular values are tested against the explicit matrix
     modifies = frozenset()
     summary = "probe: log mean |sigma - 1|, max and min singular values of the conv layers"
 
