@@ -23,6 +23,7 @@ class Placebo(Technique):
 
     name = "placebo"
     family = "sanity"
+    fidelity = "control"
     modifies = frozenset({"weights"})
     summary = "no-op control: a different random initialization"
 

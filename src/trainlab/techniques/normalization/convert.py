@@ -218,6 +218,7 @@ class ConvertNorms(Technique):
     name = "convert-norms"
     family = "normalization"
     paper = None
+    fidelity = "control"  # model surgery, not a paper's method: it swaps one norm for another
     modifies = frozenset({"norm_layers"})
     summary = "model surgery: swap every norm layer for another kind (e.g. group, evonorm-s0, bcn)"
 
