@@ -181,21 +181,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
     store_path = args.store or default_store_path()
     verdicts = Store(store_path).latest_verdicts() if Path(store_path).exists() else {}
     claims = all_claims()
-    table = Table("technique", "family", "paper", "claims (latest verdict)", show_lines=True)
+    table = Table("technique", "family", "fidelity", "paper", "claims (latest verdict)", show_lines=True)
     for name, cls in all_techniques().items():
         paper = f"{cls.paper.title} ({cls.paper.year}" + (f", arXiv:{cls.paper.arxiv})" if cls.paper.arxiv else ")") \
             if cls.paper else "-"
+        fidelity = cls.fidelity or "not declared"
+        if cls.deviations:
+            fidelity += f"\n({len(cls.deviations)} deviation{'s' if len(cls.deviations) > 1 else ''})"
         mine = [c for c in claims.values() if c.technique == name]
         lines = [f"{c.id}: {verdicts.get(c.id, ('not checked',))[0]}" + (" [quick]" if "quick" in c.suites else "")
                  for c in mine]
-        table.add_row(name, cls.family, paper, "\n".join(lines) or "-")
+        table.add_row(name, cls.family, fidelity, paper, "\n".join(lines) or "-")
     others: dict[str, list[str]] = {}
     for c in claims.values():
         if c.technique not in all_techniques():  # e.g. the harness's own sanity claims
             others.setdefault(c.technique, []).append(
                 f"{c.id}: {verdicts.get(c.id, ('not checked',))[0]}" + (" [quick]" if "quick" in c.suites else ""))
     for name, lines in others.items():
-        table.add_row(name, "-", "-", "\n".join(lines))
+        table.add_row(name, "-", "-", "-", "\n".join(lines))
     _console().print(table)
     return 0
 
