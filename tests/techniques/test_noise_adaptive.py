@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from trainlab.claims.metrics import metric_value
 from trainlab.tasks.registry import get_task
 from trainlab.techniques.optimizers.noise_adaptive import (
+    CLAIMS,
     NoiseAdaptiveMuon,
     NoiseEstimator,
     dual_norm,
@@ -111,3 +113,10 @@ def test_technique_runs_in_the_trainer_and_logs_rates() -> None:
     assert row["nalr_scale_min"] <= 1.0 <= row["nalr_scale_max"]
     assert base.epochs[-1]["nalr_scale_min"] == base.epochs[-1]["nalr_scale_max"] == 1.0
     assert math.isfinite(row["train_loss"])
+    # the claims' regime check (layer rates differ) reads these logged keys: computable on a run, and
+    # zero for the one-rate arm, where every layer's rate is the same
+    pre = CLAIMS[0].preconditions[0]
+    high, low = pre.metric_terms()
+    spread = metric_value(high, run.to_dict(), 2)[0] - metric_value(low, run.to_dict(), 2)[0]
+    assert math.isfinite(spread) and spread > 0
+    assert metric_value(high, base.to_dict(), 2)[0] - metric_value(low, base.to_dict(), 2)[0] == 0.0

@@ -93,3 +93,21 @@ def test_trains_with_any_optimizer(optimizer):
     assert result.status == "finished" and result.final["test_acc"] > 0.45  # 3 classes: chance is 1/3
     assert result.epochs[-1]["train_loss"] < result.epochs[0]["train_loss"]
     assert any("parametrizations.weight.original" in k for k in result.state)
+
+
+def test_claims_regime_check_reads_what_a_run_records():
+    # every claim's precondition ("the baseline overfits": final train_acc - test_acc) is computable on
+    # a run of its baseline, and the claims say they test the stand-in function
+    from trainlab.claims.metrics import metric_value
+    from trainlab.techniques.regularization.weight_compander import CLAIMS, WeightCompander
+
+    task = Task("tiny-blobs", make_data=functools.partial(blobs, n_train=192, n_test=96, dim=8, classes=3),
+                make_model=functools.partial(build_model, "mlp"), model_kwargs={"width": 16, "depth": 1},
+                epochs=2, batch_size=32, lr=0.05, optimizer="sgd")
+    run = run_training(task, [], seed=0).to_dict()
+    for claim in CLAIMS:
+        (pre,) = claim.preconditions
+        train, test = (metric_value(term, run, task.epochs)[0] for term in pre.metric_terms())
+        assert (train, test) == (run["final"]["train_acc"], run["final"]["test_acc"])
+        assert "STAND-IN" in claim.notes and claim.paper_setting is not None
+    assert WeightCompander.fidelity == "stand-in" and WeightCompander.deviations

@@ -12,14 +12,21 @@ and reports faster convergence than fixed-rate geometry-aware optimizers (review
 about 1.5x fewer tokens than D-Muon) on GPT-2 and LLaMA pre-training. Here: 2-layer transformers on
 synthetic sequence and modular-arithmetic tasks on a CPU.
 
-What is implemented, and where it departs from the paper. Only the paper's abstract and its public
-ICLR 2026 reviews were accessible here, not its Algorithm 1. The reviews add a few facts: LANTON's
-update is the Scion/Gluon layer-wise LMO update (D-Muon in the GPT-2/LLaMA runs) with the
-layer-wise rate as the only new part; the noise estimate is an exponential moving average with
-its own beta_2, in two variants ("options 1 and 2" of Algorithm 1); the analysis assumes the noise
-of every layer bounded below and above; the overhead was about 4% of wall time in LLaMA training.
-The exact estimator, the rate formula and how rates are normalized within a group are still not
-known here, so they are this implementation's choices, made to follow the stated principle:
+Fidelity: VARIANT. This is not the paper's algorithm: its rate rule is this module's own, and every
+claim below tests this variant, not LANTON. The paper's Algorithm 1 could not be read here: the
+stored full-text copies of arXiv:2510.14009 (the arXiv HTML pages of v1 and v2 and a markdown
+mirror of them) are searchable only through their opening section, no public repository holds
+the authors' code or a copy of the algorithm, and the summaries found do not give the formulas.
+What secondary sources do establish: LANTON's update is the Scion/Gluon layer-wise LMO update
+(D-Muon in the GPT-2/LLaMA runs) with the layer-wise rate as the only new part (public ICLR 2026
+reviews, "line 10, Algorithm 1"); hidden layers use the RMS->RMS operator norm and embedding and LM
+head the l1->l_inf norm (a paper-notes summary); momentum is B_t = beta_1 B_{t-1} + (1 - beta_1) G_t
+(a third-party review of Algorithm 1, cut off before the noise estimate); the noise estimate is an
+exponential moving average with its own beta_2, in two variants ("options 1 and 2" of Algorithm 1,
+reviews); the analysis assumes every layer's noise bounded below and above; the overhead was about
+4% of wall time in LLaMA training. The exact estimator, the rate formula and how rates are
+normalized within a group are not known here, so they are this implementation's choices, made to
+follow the stated principle (the full list is `NoiseAdaptiveLR.deviations`):
 
 * Matrix layers (2-D weights other than embeddings and the output head) use Muon, run by
   ``torch.optim.Muon`` (one Muon parameter group per layer, so each has its own rate; a Muon-style
@@ -57,7 +64,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from trainlab.claims.claim import Claim, arm
+from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
 from trainlab.techniques.optimizers import HandCase, OptimizerSpec, register_optimizer
 from trainlab.techniques.optimizers.fastpath import check_betas, check_range
 from trainlab.techniques.registry import register
@@ -334,6 +341,26 @@ class NoiseAdaptiveLR(Technique):
     name = "noise-adaptive-lr"
     family = "optimizers"
     paper = PAPER
+    fidelity = "variant"
+    deviations = (
+        "Rate rule is this module's own (the paper's Algorithm 1 could not be read): layer l gets "
+        "lr * clip(sqrt(H_ref / H_l), 1/ratio_clip, ratio_clip), ratio_clip = 8, with H_ref the geometric mean of "
+        "the matrix layers' noise estimates; the paper's formula and its normalization within a group are unknown.",
+        "Noise estimate is this module's own: a bias-corrected EMA (beta 0.9) of ||G_t - G_(t-1)||^2 / 2, two "
+        "consecutive stochastic gradients of the same layer; the paper's estimator (an EMA with its own beta_2, in "
+        "two options) is not known in detail.",
+        "Dual norm: the plain nuclear norm (dual of the spectral norm). The paper's hidden-layer norm is the "
+        "RMS->RMS operator norm, whose dual is sqrt(d_out / d_in) times the nuclear norm, so for layers of "
+        "different shapes the noise ratios here differ from the paper's by that factor.",
+        "Base update: torch.optim.Muon (Nesterov momentum 0.95, 5 quintic Newton-Schulz steps, lr scaled by "
+        "0.2 * sqrt(max(d_out, d_in)), decoupled weight decay) instead of the paper's Scion/D-Muon LMO step "
+        "(momentum B_t = beta_1 B_(t-1) + (1 - beta_1) G_t, then the RMS->RMS LMO).",
+        "Only hidden matrices get noise-adaptive rates. Embeddings, the output head and 1-D parameters use AdamW "
+        "with one shared rate; the paper updates embedding and LM head with the l1->l_inf LMO (sign-type) and "
+        "adapts rates within every norm group.",
+        "Scale: 2-layer transformers on synthetic and modular-arithmetic tasks on a CPU, not GPT-2 / LLaMA "
+        "pre-training; no learning-rate schedule or hyper-parameter from the paper is used.",
+    )
     modifies = frozenset({"optimizer"})
     summary = "Muon with per-layer learning rates from a running estimate of each layer's gradient noise"
 
@@ -407,34 +434,54 @@ _QUOTE = ("Our method estimates gradient variance in the dual norm induced by th
 _NUMBER = ("about 1.5x faster convergence than D-Muon on GPT-2/LLaMA pre-training, as the public reviews summarize "
            "the paper's results (the paper's own tables were not accessible here)")
 _SCALE = "GPT-2 and LLaMA pre-training (language modelling)"
+_SETTING = PaperSetting(
+    params=1_100_000_000,
+    text="LANTON (Scion/D-Muon LMO update with noise-adaptive layer rates) vs D-Muon: LLaMA-1.1B pre-trained on C4, "
+         "the loss D-Muon reaches at about 30B tokens reached at about 20B, and GPT-2 language-model pre-training "
+         "(less than one pass over the data; figures from public summaries of the paper)")
+#: what every claim here tests: this module's variant, not the paper's algorithm (see NoiseAdaptiveLR.deviations)
+_VARIANT = ("Tests this project's variant of noise-adaptive layer-wise rates (fidelity: variant), NOT the paper's "
+            "LANTON algorithm, whose estimator, rate formula and normalization could not be read; see "
+            "NoiseAdaptiveLR.deviations. ")
+#: the regime the mechanism needs: layers whose noise differs, so that the rates differ (LANTON's premise)
+_HETEROGENEOUS = Precondition(
+    "mean:nalr_scale_max - mean:nalr_scale_min", ">=", 0.2, arm="treatment", over="min",
+    why="the layers' noise estimates differ, so the layer rates differ (every seed, averaged over epochs)")
 #: the baseline of every claim here: the same optimizer with one shared rate (so the claims share its runs)
 _ONE_RATE = arm(("noise-adaptive-lr", {"adaptive": False}), label="Muon, one rate")
 CLAIMS = [
     Claim(
         id="noise-adaptive-lr-seq-transformer", technique="noise-adaptive-lr", task="seq-transformer",
         metric="mean:train_loss", direction="lower", min_effect=0.005,
-        treatment=arm("noise-adaptive-lr", label="Muon, noise-adaptive rates"),
+        treatment=arm("noise-adaptive-lr", label="Muon, noise-adaptive rates (this variant)"),
         baseline=_ONE_RATE, seeds=5,
-        paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
-        notes="Same optimizer (Muon on hidden matrices + AdamW elsewhere, the task's lr/wd) with one shared rate vs "
-              "per-layer noise-adaptive rates. Metric: training loss averaged over the task's 15 epochs (faster "
-              "convergence = smaller area under the loss curve); both arms end near zero loss on this task.",
+        paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING,
+        preconditions=(_HETEROGENEOUS,),
+        notes=_VARIANT + "Same optimizer (Muon on hidden matrices + AdamW elsewhere, the task's lr/wd) with one "
+              "shared rate vs per-layer noise-adaptive rates. Metric: training loss averaged over the task's 15 "
+              "epochs (faster convergence = smaller area under the loss curve); both arms end near zero loss on "
+              "this task.",
     ),
     Claim(
         id="noise-adaptive-lr-modarith", technique="noise-adaptive-lr", task="modarith-transformer",
-        metric="test_acc", direction="higher", treatment=arm("noise-adaptive-lr", label="Muon, noise-adaptive rates"),
+        metric="test_acc", direction="higher",
+        treatment=arm("noise-adaptive-lr", label="Muon, noise-adaptive rates (this variant)"),
         baseline=_ONE_RATE, seeds=5,
-        paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
-        notes="Modular addition (grokking setting, weight decay 1.0); test accuracy after the task's epochs.",
+        paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING,
+        preconditions=(_HETEROGENEOUS,),
+        notes=_VARIANT + "Modular addition (grokking setting, weight decay 1.0); test accuracy after the task's "
+                         "epochs.",
     ),
     Claim(
         id="noise-adaptive-lr-modarith-clip2", technique="noise-adaptive-lr", task="modarith-transformer",
         metric="test_acc", direction="higher",
-        treatment=arm(("noise-adaptive-lr", {"ratio_clip": 2.0}), label="Muon, noise-adaptive rates within 2x"),
+        treatment=arm(("noise-adaptive-lr", {"ratio_clip": 2.0}),
+                      label="Muon, noise-adaptive rates within 2x (this variant)"),
         baseline=_ONE_RATE, seeds=5,
-        paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
-        notes="Sensitivity check of noise-adaptive-lr-modarith: the clip on the layer-rate ratio (8 by default) is "
-              "this implementation's choice, not the paper's; here each layer's rate stays within 2x of the "
-              "group's geometric mean. Same baseline runs as noise-adaptive-lr-modarith.",
+        paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING,
+        preconditions=(_HETEROGENEOUS,),
+        notes=_VARIANT + "Sensitivity check of noise-adaptive-lr-modarith: the clip on the layer-rate ratio (8 by "
+              "default) is this implementation's choice, not the paper's; here each layer's rate stays within 2x of "
+              "the group's geometric mean. Same baseline runs as noise-adaptive-lr-modarith.",
     ),
 ]
