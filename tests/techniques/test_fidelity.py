@@ -41,3 +41,21 @@ def test_every_method_cites_its_paper(name: str) -> None:
     cls = TECHNIQUES[name]
     if cls.fidelity != "control":
         assert isinstance(cls.paper, Paper), f"{name}: fidelity {cls.fidelity!r} but no paper"
+
+
+def test_trainlab_list_shows_the_fidelity_column(capsys, monkeypatch, tmp_path) -> None:
+    from trainlab.cli import main
+
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("TRAINLAB_STORE", str(tmp_path / "none.sqlite"))
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "fidelity" in out.splitlines()[1]
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.startswith("│") and
+            line.split("│")[1].strip()}
+    for name in ("adamp", "placebo", "weight-standardization"):
+        cells = [c.strip() for c in rows[name].split("│")]
+        assert cells[3] == TECHNIQUES[name].fidelity, rows[name]
+    # the number of deviations is shown under a variant's level
+    ws = out.splitlines()[out.splitlines().index(rows["weight-standardization"]) + 1]
+    assert f"({len(TECHNIQUES['weight-standardization'].deviations)} deviations)" in ws
