@@ -155,8 +155,13 @@ class Claim:
     notes: str = ""
     preconditions: tuple[Precondition, ...] = ()
     paper_setting: PaperSetting | None = None
+    #: arms that may sit at chance without making the comparison degenerate (e.g. a network at
+    #: initialization, a learning rate meant to fail); see trainlab.claims.regime
+    allow_collapse: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if set(self.allow_collapse) - {"baseline", "treatment"}:
+            raise ConfigError(f"claim '{self.id}': allow_collapse names arms 'baseline' and/or 'treatment'")
         if not all(isinstance(p, Precondition) for p in self.preconditions):
             raise ConfigError(f"claim '{self.id}': preconditions must be Precondition objects")
         if self.direction not in ("higher", "lower"):
@@ -186,4 +191,5 @@ class Claim:
             "overrides": dict(self.overrides), "notes": self.notes,
             "preconditions": [p.to_dict() for p in self.preconditions],
             "paper_setting": self.paper_setting.to_dict() if self.paper_setting else None,
+            "allow_collapse": list(self.allow_collapse),
         }

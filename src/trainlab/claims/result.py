@@ -40,10 +40,42 @@ class ClaimResult:
     #: per arm: counts of finished / diverged / failed runs, censored values for epochs_to metrics
     status_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: reproduced | contradicted | inconclusive | out of regime | degenerate | failed
+    #: (see trainlab.claims.regime); "" for results made before outcomes existed
+    outcome: str = ""
+    #: each precondition with its per-seed values, aggregate, threshold and passed (True/False/None)
+    preconditions: list[dict[str, Any]] = field(default_factory=list)
+    #: degenerate arms and collapsed runs (trainlab.claims.regime.find_collapse)
+    collapse: dict[str, Any] = field(default_factory=dict)
+    #: the analysis without the seeds of single collapsed runs, when there are any
+    analysis_without_collapsed: Analysis | None = None
+    #: the technique's fidelity to its paper: {"level", "deviations", "evidence"}
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    #: the task the runs used (a user's own task, or the claim's task)
+    task: str = ""
 
     @property
     def verdict(self) -> str:
+        """The claim's outcome (the statistical verdict unless out of regime or degenerate)."""
+        if self.outcome:
+            return self.outcome
         return self.analysis.verdict if self.analysis else "failed"
+
+    @property
+    def statistical_verdict(self) -> str | None:
+        """What the interval alone says, whatever the regime (None without an analysis)."""
+        return self.analysis.verdict if self.analysis else None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ClaimResult":
+        """Rebuild a result stored with to_dict (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for key in ("analysis", "analysis_without_collapsed"):
+            if isinstance(kw.get(key), dict):
+                a_names = {f.name for f in dataclasses.fields(Analysis)}
+                kw[key] = Analysis(**{k: v for k, v in kw[key].items() if k in a_names})
+        return cls(**kw)
