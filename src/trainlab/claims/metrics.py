@@ -1,7 +1,7 @@
 """Reading a claim's metric out of a run.
 
 "test_acc"                       final value of a per-epoch key (any key a technique logs, too)
-"best:test_acc" / "min:test_loss" best value over epochs (max for best:, min for min:)
+"best:test_acc" / "max:key" / "min:test_loss"  largest (best:, max:) or smallest (min:) value over epochs
 "mean:key"                       mean over epochs
 "epochs_to:test_acc>=0.95"       first epoch (1-based) reaching the threshold; a run that never
                                  reaches it gets epochs+1 and is counted as censored
@@ -26,7 +26,7 @@ def validate(metric: str) -> None:
     if metric.startswith("epochs_to:") and not _EPOCHS_TO.match(metric):
         raise ConfigError(f"bad metric '{metric}': use epochs_to:<key><op><number>, e.g. epochs_to:test_acc>=0.95")
     prefix = metric.split(":", 1)[0] if ":" in metric else None
-    if prefix not in (None, "best", "min", "mean", "epochs_to"):
+    if prefix not in (None, "best", "max", "min", "mean", "epochs_to"):
         raise ConfigError(f"bad metric '{metric}': unknown prefix '{prefix}'")
 
 
@@ -60,7 +60,7 @@ def metric_value(metric: str, run: dict[str, Any], planned_epochs: int) -> tuple
         values = [row[key] for row in epochs if key in row and not math.isnan(row[key])]
         if not values:
             return math.nan, False
-        if how == "best":
+        if how in ("best", "max"):
             return float(max(values)), False
         if how == "min":
             return float(min(values)), False
