@@ -137,3 +137,35 @@ def test_regime_adaptation_hand_case():
     assert regime_adaptation(task, 200, 64)["epochs"] == 10 * 4  # ceil(3.125) = 4, as the official code
     with pytest.raises(ConfigError):
         regime_adaptation(task, 32, 64)
+
+
+def test_matches_the_official_chunked_training_step():
+    """The official code (eladhoffer/bigBatch, main_gbn.py) realizes GBN by running the whole model on
+    each of batch_size // mini_batch_size chunks of the batch, back-propagating each chunk's mean loss
+    and dividing the summed gradients by the number of chunks. A model whose BatchNorms are converted
+    must give the same outputs, gradients and running statistics from one pass over the whole batch."""
+    import copy
+
+    torch.manual_seed(7)
+    ref = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, 6),
+                        nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double().train()
+    gbn = copy.deepcopy(ref)
+    assert convert_to_ghost_bn(gbn, 4) == 2
+    x, y = torch.randn(16, 2, 6, 6, dtype=torch.float64), torch.randint(0, 3, (16,))
+
+    chunks = list(zip(x.chunk(16 // 4), y.chunk(16 // 4)))
+    ref_out = []
+    for cx, cy in chunks:  # the official procedure
+        out = ref(cx)
+        ref_out.append(out.detach())
+        nn.functional.cross_entropy(out, cy).backward()
+    for p in ref.parameters():
+        p.grad.div_(len(chunks))
+
+    out = gbn(x)
+    nn.functional.cross_entropy(out, y).backward()
+    torch.testing.assert_close(out.detach(), torch.cat(ref_out))
+    for (name, p), q in zip(ref.named_parameters(), gbn.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(gbn.state_dict()[key], value, msg=key)

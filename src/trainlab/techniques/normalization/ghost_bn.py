@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainlab.claims.claim import Claim, arm
+from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
 from trainlab.errors import ConfigError
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Paper, Technique
@@ -91,9 +91,11 @@ class GhostBatchNorm(nn.Module):
     def from_batchnorm(cls, bn: nn.Module, virtual_batch_size: int) -> "GhostBatchNorm":
         """A GhostBatchNorm with `bn`'s settings, parameters and running statistics."""
         gbn = cls(bn.num_features, virtual_batch_size, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-        gbn.load_state_dict(bn.state_dict())
         ref = bn.weight if bn.weight is not None else bn.running_mean
-        return gbn.to(ref.device) if ref is not None else gbn
+        if ref is not None:  # same device and floating dtype before loading, so nothing is rounded
+            gbn = gbn.to(device=ref.device, dtype=ref.dtype)
+        gbn.load_state_dict(bn.state_dict())
+        return gbn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_features:
@@ -174,6 +176,17 @@ class GhostBN(Technique):
     name = "ghost-bn"
     family = "normalization"
     paper = PAPER
+    fidelity = "exact"
+    fidelity_evidence = ("tests/techniques/test_ghost_bn.py::test_matches_the_official_chunked_training_step: one "
+                         "pass of the converted model equals the official main_gbn.py step (the model run on each "
+                         "chunk, chunk losses back-propagated, gradients divided by the number of chunks) in "
+                         "outputs, gradients and running statistics; test_regime_adaptation_hand_case checks the "
+                         "official lr_bb_fix / regime_bb_fix rules (lr x sqrt(ratio), epochs x ceil(ratio))")
+    deviations = (
+        "the official GBN script also clips the gradient norm at 5; that clipping is not part of this technique",
+        "a batch that is not a multiple of the ghost size: the official code splits it into batch // ghost equal "
+        "chunks (torch.chunk), this module into ghost-size chunks with the remainder last",
+    )
     modifies = frozenset({"norm_layers"})
     summary = "BatchNorm statistics over small virtual batches inside a large batch"
 
@@ -190,47 +203,96 @@ class GhostBN(Technique):
 
 
 def _claims() -> list[Claim]:
-    # digits-cnn: batch 64 is the task's small-batch baseline; 512 is the large batch (x8)
+    # The paper's claim is about the generalization gap between a small and a large batch: regime
+    # adaptation (as many updates as the small batch) plus GBN and the sqrt learning-rate rule bring
+    # the large batch back to the small batch's test accuracy. So the regime claims compare with the
+    # small-batch run (same number of updates) for non-inferiority within a stated margin, and a
+    # separate "gap" claim on the same runs checks that the gap exists here at all (small batch beats
+    # plain large batch at equal epochs by more than that margin): without a gap, non-inferiority
+    # would hold trivially. GBN alone is checked against the large batch at equal epochs.
     from trainlab.tasks.registry import get_task
 
-    digits = get_task("digits-cnn").with_overrides({"epochs": 6})
-    cifar = get_task("cifar10-cnn")
+    digits = get_task("digits-cnn")            # bs 64 is the task's small batch; 512 the large one (x8)
+    digits6 = digits.with_overrides({"epochs": 6})
+    cifar = get_task("cifar10-cnn")            # bs 128 small; 1024 large (x8)
     quote = ("the \"generalization gap\" stems from the relatively small number of updates rather than the batch "
              "size, and can be completely eliminated by adapting the training regime used\" (abstract)")
+    number = ("Table 1: with the sqrt learning-rate rule, GBN and regime adaptation the large-batch validation error "
+              "comes back to the small-batch level (e.g. ResNet-44 on CIFAR-10, batch 2048 vs 128)")
+    setting = PaperSetting(
+        train_size=50_000, epochs=100, params=660_000,
+        text="ResNet-44 on CIFAR-10 (also MNIST F1, CIFAR-10/100 C1/C3, WRN-16-4, ImageNet AlexNet); small batch 128, "
+             "large batch 2048-4096; 100 epochs at the small batch, x16 with regime adaptation (official "
+             "run_experiments.sh)")
+    sb_fits = Precondition("train_acc", ">=", 0.99, arm="baseline", over="min",
+                           why="the small-batch reference trains to convergence (the paper compares converged runs)")
+    digits_sb = arm(label="bs 64 (small batch), 15 epochs")
+    digits_lb = arm(batch_size=512, label="bs 512 plain, 15 epochs")
+    digits_ra = arm(("ghost-bn", {"virtual_batch_size": 64}), label="bs 512 + GBN(64) + LR sqrt + RA (120 epochs)",
+                    **regime_adaptation(digits, 512, 64))
+    cifar_sb = arm(label="bs 128 (small batch), 8 epochs")
+    cifar_lb = arm(batch_size=1024, label="bs 1024 plain, 8 epochs")
+    cifar_ra = arm(("ghost-bn", {"virtual_batch_size": 128}), label="bs 1024 + GBN(128) + LR sqrt + RA (64 epochs)",
+                   **regime_adaptation(cifar, 1024, 128))
     return [
         Claim(
             id="ghost-bn-regime-digits", technique="ghost-bn", task="digits-cnn", metric="test_acc", direction="higher",
-            overrides={"epochs": 6},
-            treatment=arm(("ghost-bn", {"virtual_batch_size": 64}), label="bs 512 + GBN(64) + LR sqrt + RA",
-                          **regime_adaptation(digits, 512, 64)),
-            baseline=arm(batch_size=512, label="bs 512 plain"),
-            paper_quote=quote, paper_number="Table 1: with LR + GBN + RA the large-batch error comes back to the small-batch level",
-            paper_scale="MNIST, CIFAR-10/100, ImageNet; batch 4096 vs 128, 100-200 epochs",
-            min_effect=0.0, seeds=5, suites=("full",),
-            notes="Large batch 512 vs the task's 64 (x8): the treatment gets 8x the epochs (as many updates as bs 64).",
+            treatment=digits_ra, baseline=digits_sb, margin=0.005,
+            paper_quote=quote, paper_number=number,
+            paper_scale="MNIST, CIFAR-10/100, ImageNet; batch 2048-4096 vs 128, 100-200 epochs",
+            paper_setting=setting, preconditions=(sb_fits,), seeds=5, suites=("full",),
+            notes="Non-inferiority, margin 0.5 pt: large batch 512 with GBN(64), lr x sqrt(8) and 8x the epochs (as many "
+                  "updates as bs 64) against the small batch 64 at the task's 15 epochs. Read with ghost-bn-gap-digits "
+                  "(same runs): the verdict says something only where that gap exceeds the margin.",
+        ),
+        Claim(
+            id="ghost-bn-gap-digits", technique="ghost-bn", task="digits-cnn", metric="test_acc", direction="higher",
+            treatment=digits_sb, baseline=digits_lb, min_effect=0.005,
+            paper_quote="\"when using large batch sizes there is a persistent degradation in generalization performance"
+                        " - known as the \"generalization gap\"\" (abstract)",
+            paper_number="Table 1: plain large batch loses several points of validation accuracy to the small batch "
+                         "at the same number of epochs",
+            paper_scale="MNIST, CIFAR-10/100, ImageNet; batch 2048-4096 vs 128", paper_setting=setting,
+            preconditions=(Precondition("train_acc", ">=", 0.99, arm="treatment", over="min",
+                                        why="the small batch trains to convergence"),),
+            seeds=5, suites=("full",),
+            notes="The regime the regime-adaptation claim needs: small batch 64 beats plain large batch 512 at equal "
+                  "epochs (15) by more than the 0.5 pt margin of ghost-bn-regime-digits. Shares its small-batch runs.",
         ),
         Claim(
             id="ghost-bn-only-digits", technique="ghost-bn", task="digits-cnn", metric="test_acc", direction="higher",
             overrides={"epochs": 6},
             treatment=arm(("ghost-bn", {"virtual_batch_size": 64}), label="bs 512 + GBN(64) + LR sqrt",
-                          **regime_adaptation(digits, 512, 64, adapt_epochs=False)),
-            baseline=arm(label="bs 512 + LR sqrt", **regime_adaptation(digits, 512, 64, adapt_epochs=False)),
+                          **regime_adaptation(digits6, 512, 64, adapt_epochs=False)),
+            baseline=arm(label="bs 512 + LR sqrt", **regime_adaptation(digits6, 512, 64, adapt_epochs=False)),
             paper_quote="\"Ghost Batch Normalization\" which enables significant decrease in the generalization gap "
                         "without increasing the number of updates\" (abstract)",
             paper_number="Table 1: +GBN lowers the large-batch error below +LR alone, at the same number of epochs",
-            paper_scale="MNIST, CIFAR-10/100, ImageNet; batch 4096 vs 128",
+            paper_scale="MNIST, CIFAR-10/100, ImageNet; batch 4096 vs 128", paper_setting=setting,
             seeds=5, suites=("quick", "full"),
-            notes="Isolates Ghost BN: both arms large batch with the sqrt learning-rate scaling, same epochs.",
+            notes="Isolates Ghost BN: both arms large batch with the sqrt learning-rate scaling, same epochs (6).",
         ),
         Claim(
-            id="ghost-bn-regime-cifar10", technique="ghost-bn", task="cifar10-cnn", metric="test_acc", direction="higher",
-            treatment=arm(("ghost-bn", {"virtual_batch_size": 128}), label="bs 1024 + GBN(128) + LR sqrt + RA",
-                          **regime_adaptation(cifar, 1024, 128)),
-            baseline=arm(batch_size=1024, label="bs 1024 plain"),
-            paper_quote=quote, paper_number="Table 1: with LR + GBN + RA the large-batch error comes back to the small-batch level",
-            paper_scale="CIFAR-10 ResNet-44, batch 2048 vs 128",
-            seeds=3, suites=("full",),
-            notes="CIFAR-10 10k subset; large batch 1024 vs the task's 128 (x8).",
+            id="ghost-bn-regime-cifar10", technique="ghost-bn", task="cifar10-cnn", metric="test_acc",
+            direction="higher", treatment=cifar_ra, baseline=cifar_sb, margin=0.01,
+            paper_quote=quote, paper_number=number,
+            paper_scale="CIFAR-10 ResNet-44, batch 2048 vs 128, 100 epochs (1600 with regime adaptation)",
+            paper_setting=setting, seeds=3, suites=("full",),
+            notes="Non-inferiority, margin 1 pt: CIFAR-10 10k subset; large batch 1024 with GBN(128), lr x sqrt(8) and "
+                  "8x the epochs against the small batch 128 at the task's 8 epochs (same number of updates). The small "
+                  "batch is not converged at 8 epochs (no train-accuracy precondition here). Read with "
+                  "ghost-bn-gap-cifar10.",
+        ),
+        Claim(
+            id="ghost-bn-gap-cifar10", technique="ghost-bn", task="cifar10-cnn", metric="test_acc", direction="higher",
+            treatment=cifar_sb, baseline=cifar_lb, min_effect=0.01,
+            paper_quote="\"when using large batch sizes there is a persistent degradation in generalization performance"
+                        " - known as the \"generalization gap\"\" (abstract)",
+            paper_number="Table 1: plain large batch loses several points of validation accuracy to the small batch "
+                         "at the same number of epochs",
+            paper_scale="CIFAR-10 ResNet-44, batch 2048 vs 128", paper_setting=setting, seeds=3, suites=("full",),
+            notes="The regime ghost-bn-regime-cifar10 needs: small batch 128 beats plain large batch 1024 at equal "
+                  "epochs (8) by more than its 1 pt margin.",
         ),
     ]
 
