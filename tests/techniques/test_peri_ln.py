@@ -89,3 +89,41 @@ def test_probe_on_tiny_transformer_placements():
         model = TinyTransformer((6,), 3, vocab_size=10, dim=16, depth=3, heads=2, norm_placement=placement).eval()
         v = residual_variances(model, x)
         assert len(v) == 4 and all(math.isfinite(a) and a > 0 for a in v)
+
+
+def test_peri_arm_matches_the_paper_equations():
+    """The claims' Peri-LN arm: each block computes x + Norm_out(F(Norm_in(x))) and the embedding output
+    is normalized (the paper's y_0 = Norm(x)); the Pre-LN arm leaves the embedding unnormalized."""
+    from trainlab.claims.runner import arm_task
+    from trainlab.tasks.models import TinyTransformer
+    from trainlab.techniques.normalization.peri_ln import CLAIMS
+
+    for claim in CLAIMS:
+        peri, pre = arm_task(claim, claim.treatment, None), arm_task(claim, claim.baseline, None)
+        assert peri.model_kwargs["norm_placement"] == "peri" and peri.model_kwargs["embed_norm"] is True
+        assert pre.model_kwargs["norm_placement"] == "pre" and not pre.model_kwargs.get("embed_norm", False)
+        assert peri.model_kwargs["depth"] == pre.model_kwargs["depth"] == 4  # the claim's override is kept
+
+    torch.manual_seed(1)
+    model = TinyTransformer((6,), 3, vocab_size=10, dim=16, depth=2, heads=2, norm_placement="peri",
+                            embed_norm=True).eval()
+    with torch.no_grad():  # non-trivial affine parameters, so the check is not only "mean 0, var 1"
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    x = torch.randint(0, 10, (4, 6))
+    raw = model.token_embed(x) + model.pos_embed[:, :6]
+    ln = model.embed_norm
+    expected0 = (raw - raw.mean(-1, keepdim=True)) / torch.sqrt(raw.var(-1, unbiased=False, keepdim=True) + ln.eps)
+    expected0 = expected0 * ln.weight + ln.bias
+    states = model.hidden_states(x)
+    torch.testing.assert_close(states[0], expected0, rtol=1e-5, atol=1e-5)
+    block, h = model.blocks[0], states[0]
+    h = h + block.out_norm1(block.attn(block.in_norm1(h)))
+    h = h + block.out_norm2(block.mlp(block.in_norm2(h)))
+    torch.testing.assert_close(states[1], h)
+    # without embed_norm the first state is the raw embedding (the Pre-LN arm)
+    torch.manual_seed(1)
+    plain = TinyTransformer((6,), 3, vocab_size=10, dim=16, depth=2, heads=2, norm_placement="pre").eval()
+    torch.testing.assert_close(plain.hidden_states(x)[0], plain.token_embed(x) + plain.pos_embed[:, :6])

@@ -17,9 +17,14 @@ trains.
 Where this falls short: here the models are 2-layer transformer classifiers trained for minutes,
 so "variance growth across layers" spans two blocks and spikes are counted over a few hundred
 steps; the mechanism can show, the scale effects cannot.
+The paper's definition of Peri-LN also normalizes the embedding output before the first block
+(an "initial embedding normalization", y_0 = Norm(x), marked optional and listed beside the final
+normalization before the head), so the claims' Peri-LN arm turns on ``embed_norm``; the Pre-LN arm
+has none, as the paper's Pre-LN. No official code for the paper was found; the placement follows
+the paper's equations.
 
-The placement itself is the model's setting (``TinyTransformer(norm_placement="pre"|"post"|"peri")``,
-task override ``model_kwargs={"norm_placement": ...}``). This module is the probe used in BOTH arms;
+The placement itself is the model's setting (``TinyTransformer(norm_placement="pre"|"post"|"peri",
+embed_norm=...)``, task override ``model_kwargs={"norm_placement": ..., "embed_norm": ...}``). This module is the probe used in BOTH arms;
 it changes nothing in training:
 
 * ``hidden_var_growth``: on a fixed batch (the first training batch of the run, at most
@@ -56,7 +61,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from trainlab.claims.claim import Claim, arm
+from trainlab.claims.claim import Claim, PaperSetting, arm
 from trainlab.errors import ConfigError
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Batch, Paper, Technique, TrainState
@@ -120,6 +125,11 @@ class PeriLNProbe(Technique):
     name = "peri-ln-probe"
     family = "normalization"
     paper = PAPER
+    # The claims test the Peri-LN placement (TinyTransformer norm_placement="peri", embed_norm=True),
+    # which this probe measures: it follows the paper's equations; no official code was found.
+    fidelity = "faithful"
+    fidelity_evidence = ("tests/techniques/test_peri_ln.py::test_peri_arm_matches_the_paper_equations: the Peri-LN "
+                         "arm's block computes x + Norm_out(F(Norm_in(x))) and its embedding output is normalized")
     modifies = frozenset()
     order = 99  # see the loss after every other technique's loss hook
     summary = "diagnostic: hidden-state variance growth across blocks and loss-spike counts"
@@ -173,8 +183,13 @@ _PROBE = ("peri-ln-probe", {})
 _QUOTE = ("\"Peri-LN consistently achieves more balanced variance growth, steadier gradient flow, and convergence "
           "stability\" (abstract)")
 _PRE = arm(_PROBE, label="Pre-LN", model_kwargs={"norm_placement": "pre"})
-_PERI = arm(_PROBE, label="Peri-LN", model_kwargs={"norm_placement": "peri"})
+#: Peri-LN with the paper's initial embedding normalization (y_0 = Norm(embedding))
+_PERI = arm(_PROBE, label="Peri-LN (+ embedding norm)", model_kwargs={"norm_placement": "peri", "embed_norm": True})
 _SCALE = "decoder-only LMs, 400M-3.2B parameters, 30B tokens"
+_SETTING = PaperSetting(train_size=None, epochs=None, params=400_000_000,
+                        text="decoder-only LMs of 400M, 1.5B and 3.2B parameters, 30B tokens of DCLM-baseline, "
+                             "learning-rate sweeps, 5 seeds; here a 4-block, 64-wide classifier on a synthetic "
+                             "sequence task for 8 epochs")
 #: a learning rate 30x the task's (AdamW 1e-3), 4 blocks, 8 epochs; both arms run the probe
 _HIGH_LR = {"lr": 3e-2, "epochs": 8, "model_kwargs": {"depth": 4}}
 
@@ -185,7 +200,7 @@ CLAIMS = [
         paper_quote=_QUOTE,
         paper_number="hidden-state variance grows by orders of magnitude across layers and training with "
                      "Pre-LN and stays small with Peri-LN",
-        paper_scale=_SCALE, seeds=5, suites=("full",),
+        paper_scale=_SCALE, paper_setting=_SETTING, seeds=5, suites=("full",),
         notes="Variance of the residual stream after the last block, on a fixed batch, at the end of training.",
     ),
     Claim(
@@ -193,7 +208,7 @@ CLAIMS = [
         metric="hidden_var_growth", direction="lower", treatment=_PERI, baseline=_PRE, overrides=_HIGH_LR,
         paper_quote=_QUOTE,
         paper_number="Pre-LN's hidden-state variance keeps growing with depth; Peri-LN's grows slowly",
-        paper_scale=_SCALE, seeds=5, suites=("full",),
+        paper_scale=_SCALE, paper_setting=_SETTING, seeds=5, suites=("full",),
         notes="Growth across depth: Var(after last block) / Var(after first block). Same runs as "
               "peri-ln-hidden-variance.",
     ),
@@ -202,7 +217,7 @@ CLAIMS = [
         metric="loss_spikes_total", direction="lower", treatment=_PERI, baseline=_PRE, overrides=_HIGH_LR,
         paper_quote=_QUOTE,
         paper_number="Pre-LN runs spike or diverge at learning rates where Peri-LN trains stably",
-        paper_scale=_SCALE, seeds=5, suites=("full",),
+        paper_scale=_SCALE, paper_setting=_SETTING, seeds=5, suites=("full",),
         notes="A spike: loss > 2x the median of the previous 50 steps and > that median + 0.1. Same runs as "
               "peri-ln-hidden-variance.",
     ),
@@ -212,7 +227,7 @@ CLAIMS = [
         overrides={**_HIGH_LR, "lr": 1e-1},
         paper_quote=_QUOTE,
         paper_number="Pre-LN runs spike or diverge at learning rates where Peri-LN trains stably",
-        paper_scale=_SCALE, seeds=5, suites=("full",),
+        paper_scale=_SCALE, paper_setting=_SETTING, seeds=5, suites=("full",),
         notes="At a learning rate 100x the task's, does Peri-LN still train where Pre-LN fails?",
     ),
 ]
