@@ -1,8 +1,10 @@
 """Pruning groups and subnet construction: the zero-groups-then-remove property over a zoo.
 
-For every model: zero a random set of groups, build the subnet, and require (i) the subnet's
+For every model: zero a random set of groups (their own, output-side slices only, as OTO does:
+the consumers' input columns keep their values), build the subnet, and require (i) the subnet's
 eval-mode outputs to equal the group-sparse model's (max abs diff <= 1e-5), (ii) the parameter
-count to drop by exactly the zeroed groups' size. Some group structures are also checked by hand.
+count to drop by exactly the removed groups' own and input slices. Some group structures are also
+checked by hand.
 """
 from __future__ import annotations
 
@@ -236,6 +238,22 @@ def test_zeroed_groups_removed_exactly(name, make, inputs):
         assert ids
         space.zero_(ids)
         assert set(space.zero_groups()) >= set(ids)
+        # exactness must not come from zeroing the consumers' input columns: outside the zeroed
+        # groups' own slices they keep their values
+        params = dict(model.named_parameters())
+        owned = space.index.mask(ids)
+        checked = 0
+        for g in ids:
+            for pname, dim, idx in space.groups[g].input_slices:
+                p = params[pname].detach()
+                sel = torch.zeros(p.shape[dim], dtype=torch.bool)
+                sel[torch.as_tensor(idx, dtype=torch.long)] = True
+                view = [1] * p.dim()
+                view[dim] = -1
+                check = sel.reshape(view).expand(p.shape) & ~owned.get(id(params[pname]), torch.zeros_like(p, dtype=torch.bool))
+                assert torch.equal(p[check], dense[pname][check])
+                checked += int(check.sum())
+        assert checked > 0 or not any(space.groups[g].input_slices for g in ids)
         subnet = space.construct_subnet(ids, verify=False)
         model.eval()
         subnet.eval()
@@ -253,7 +271,64 @@ def test_single_group_drop_equals_group_size(name, make, inputs):
     model = make()
     space = PruningSpace(model, inputs())
     for g in space.groups[:: max(1, space.num_groups // 5)]:
-        assert _count(model) - _count(space.construct_subnet([g.id], verify=False)) == g.size
+        assert _count(model) - _count(space.construct_subnet([g.id], verify=False)) == g.removed_size
+        assert g.removed_size == g.size + sum(_slice_count(model, s) for s in g.input_slices)
+
+
+def _slice_count(model: nn.Module, piece) -> int:
+    name, dim, idx = piece
+    p = dict(model.named_parameters())[name]
+    return len(idx) * (p.numel() // p.shape[dim])
+
+
+def test_groups_hold_output_side_only_by_hand():
+    """OTO's zero-invariant groups: a group owns its producer's rows, bias and norm entries; the
+    next layer's input columns are not scored or zeroed, only dropped with the group."""
+    model = CNN()
+    space = PruningSpace(model, torch.randn(2, 3, 8, 8))
+    c1 = [g for g in space.groups if g.label.startswith("Conv2d 'c1'")]
+    assert len(c1) == 6
+    for i, g in enumerate(c1):
+        assert sorted((n, d, [int(j) for j in idx]) for n, d, idx in g.slices if "running" not in n) == [
+            ("b1.bias", 0, [i]), ("b1.weight", 0, [i]), ("c1.bias", 0, [i]), ("c1.weight", 0, [i])]
+        assert [(n, d, [int(j) for j in idx]) for n, d, idx in g.input_slices] == [("c2.weight", 1, [i])]
+        assert g.size == 27 + 1 + 2 and g.removed_size == g.size + 8 * 9
+    # the score is the output side's norm: changing c2's input column leaves it as it is
+    before = space.group_norms()[c1[0].id].item()
+    with torch.no_grad():
+        model.c2.weight[:, 0] *= 10
+    assert space.group_norms()[c1[0].id].item() == pytest.approx(before)
+    with torch.no_grad():
+        model.c1.weight[0].zero_()
+        model.c1.bias[0] = 0
+        model.b1.weight[0] = 0
+        model.b1.bias[0] = 0
+    assert space.zero_groups() == [c1[0].id] and space.group_sparsity() == 1 / space.num_groups
+
+
+def test_columns_after_a_sigmoid_stay_in_the_group():
+    """sigmoid(0) = 0.5: a zeroed producer still feeds its consumer, so the consumer's columns are
+    the group's own slices (they must be zeroed for the removal to be exact)."""
+
+    class SigmoidMLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(4, 6), nn.Linear(6, 5), nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.head(F.relu(self.b(torch.sigmoid(self.a(x)))))
+
+    model = SigmoidMLP()
+    x = torch.randn(3, 4)
+    space = PruningSpace(model, x)
+    a = [g for g in space.groups if g.label.startswith("Linear 'a'")]
+    b = [g for g in space.groups if g.label.startswith("Linear 'b'")]
+    assert len(a) == 6 and len(b) == 5
+    assert all({n for n, _, _ in g.slices} == {"a.weight", "a.bias", "b.weight"} and not g.input_slices for g in a)
+    assert all({n for n, _, _ in g.input_slices} == {"head.weight"} for g in b)
+    space.zero_([a[0].id, b[0].id])
+    model.eval()
+    assert torch.allclose(space.construct_subnet()(x), model(x), atol=1e-6)
 
 
 def test_residual_group_spans_every_block_by_hand():
@@ -261,21 +336,23 @@ def test_residual_group_spans_every_block_by_hand():
     space = PruningSpace(model, torch.randn(2, 3, 8, 8))
     stem = [g for g in space.groups if g.label.startswith("Conv2d 'stem'")]
     assert len(stem) == 4  # one group per residual channel of the first stage
-    # channel c: stem row (3*9) + bn (2) + for b1, b2: conv2 row (4*9) + bn2 (2) + conv1 column (4*9)
-    # + b3's conv1 column (8*9) and projection column (8*1)
-    expected = 27 + 2 + 2 * (36 + 2 + 36) + 72 + 8
-    assert {g.size for g in stem} == {expected}
+    # channel c owns: stem row (3*9) + bn (2) + for b1, b2: conv2 row (4*9) + bn2 (2); removal also
+    # drops the input columns of b1, b2's conv1 (4*9 each), b3's conv1 (8*9) and projection (8*1)
+    assert {g.size for g in stem} == {27 + 2 + 2 * (36 + 2)}
+    assert {g.removed_size for g in stem} == {27 + 2 + 2 * (36 + 2 + 36) + 72 + 8}
     b3 = [g for g in space.groups if "'b3.conv2'" in g.label or "'b3.short.0'" in g.label]
-    # stage-2 channel: conv2 row (8*9) + bn2 (2) + projection row (4) + its bn (2) + head column (3)
-    assert len(b3) == 8 and {g.size for g in b3} == {72 + 2 + 4 + 2 + 3}
+    # stage-2 channel: conv2 row (8*9) + bn2 (2) + projection row (4) + its bn (2); + head column (3)
+    assert len(b3) == 8 and {g.size for g in b3} == {72 + 2 + 4 + 2}
+    assert {g.removed_size for g in b3} == {72 + 2 + 4 + 2 + 3}
 
 
 def test_depthwise_multiplier_and_groupnorm_by_hand():
     space = PruningSpace(DepthwiseSeparable(), torch.randn(2, 3, 6, 6))
     stem = [g for g in space.groups if g.label.startswith("Conv2d 'stem'")]
     # stem channel c feeds depthwise outputs 2c, 2c+1: stem row 27 + bias 1 + bn0 2 + dw rows 2*(9+1)
-    # + bn1 4 + pointwise columns 2*12
-    assert len(stem) == 8 and {g.size for g in stem} == {27 + 1 + 2 + 20 + 4 + 24}
+    # + bn1 4; removal also drops the pointwise columns 2*12
+    assert len(stem) == 8 and {g.size for g in stem} == {27 + 1 + 2 + 20 + 4}
+    assert {g.removed_size for g in stem} == {27 + 1 + 2 + 20 + 4 + 24}
     pw = [g for g in space.groups if g.label.startswith("Conv2d 'pw'")]
     # GroupNorm(6, 12) pairs channels, the 3-group conv ties blocks of 4: 3 groups of 4 channels
     assert len(pw) == 3
@@ -287,18 +364,20 @@ def test_concat_offsets_by_hand():
     assert len(b) == 4
     for g in b:
         (idx_bn,) = [i for n, d, i in g.slices if n == "bn.weight"]
-        (idx_c,) = [i for n, d, i in g.slices if n == "c.weight" and d == 1]
+        (idx_c,) = [i for n, d, i in g.input_slices if n == "c.weight" and d == 1]
         assert int(idx_bn[0]) == int(idx_c[0]) >= 6  # b's channels sit after a's 6 in the concat
 
 
 def test_attention_heads_by_hand():
     space = PruningSpace(MHABlock(), torch.randn(2, 5, 6))
     heads = [g for g in space.groups if "heads" in g.label]
-    # head: q, k, v rows (3 * 4 * 16) + their biases (3 * 4) + out_proj columns (16 * 4)
-    assert len(heads) == 4 and {g.size for g in heads} == {192 + 12 + 64}
+    # head: q, k, v rows (3 * 4 * 16) + their biases (3 * 4); removal also drops out_proj columns (16 * 4)
+    assert len(heads) == 4 and {g.size for g in heads} == {192 + 12}
+    assert {g.removed_size for g in heads} == {192 + 12 + 64}
     tiny = PruningSpace(TinyTransformer(), torch.randint(0, 11, (2, 6)))
     theads = [g for g in tiny.groups if g.label.startswith("Linear 'q'")]
-    assert len(theads) == 4 and {g.size for g in theads} == {3 * (4 * 16 + 4) + 16 * 4}
+    assert len(theads) == 4 and {g.size for g in theads} == {3 * (4 * 16 + 4)}
+    assert {g.removed_size for g in theads} == {3 * (4 * 16 + 4) + 16 * 4}
 
 
 def test_layernorm_keeps_residual_stream_with_note():

@@ -9,6 +9,14 @@ attention heads tie whole blocks. A union-find over atoms gives the groups: ever
 group must be removed together. Parameters are attached to atoms by *records* (conv weight rows
 to the output atoms, columns to the input atoms, BatchNorm entries to the channel atoms).
 
+Output side and input side (as in OTOv2's zero-invariant groups): a group *owns* its producers'
+rows, biases and norm entries (and per-channel parameters); those are what an optimizer scores,
+shrinks and zeroes, and a group counts as zero when they are. The consumers' input columns that
+only ever multiply the group's channels while those are zero are the group's *input slices*:
+they are dropped when the subnet is built, never scored or zeroed. Where a removed channel is not
+zero when its group is (after a sigmoid, say), the consumer's columns stay owned by the group,
+since zeroing them is then what makes removal exact.
+
 Safety rule: whatever the analysis does not understand marks the touching atoms *fixed*
 (never removed), with a note. Fixed atoms are the union-find class of atom 0.
 
@@ -116,6 +124,17 @@ class TMap:
     def varying(self) -> list[int]:
         return [d for d in range(self.atoms.dim()) if self.atoms.shape[d] > 1]
 
+    def nz_along(self, dim: int) -> np.ndarray:
+        """Per index along `dim`: may any element there be non-zero when its group is zero?"""
+        n = self.nz
+        for d in range(n.dim()):
+            if d != dim and n.shape[d] > 1:
+                n = n.any(dim=d, keepdim=True)
+        n = n.reshape(-1)
+        if n.numel() == 1 and self.shape[dim] != 1:
+            n = n.expand(self.shape[dim])
+        return n.numpy().astype(bool)
+
     def along_dim(self, dim: int) -> np.ndarray:
         """The atoms along `dim` (index 0 along every other dim), expanded to the dim's size."""
         a = self.atoms
@@ -147,11 +166,19 @@ class Record:
     dim: int | None
     atoms: np.ndarray
     is_buffer: bool = False
+    #: per index along `dim`: a consumer's input slice that needs no zeroing (its inputs are zero
+    #: whenever its group is); None = every index belongs to its group's own slices
+    passive: np.ndarray | None = None
 
 
 @dataclass
 class Group:
-    """One minimal removal structure: parameter slices that are removed together."""
+    """One minimal removal structure: parameter slices that are removed together.
+
+    slices: the group's own slices (output side: producer rows, biases, norm entries), the ones
+    that are scored, shrunk and zeroed. input_slices: consumers' input columns that are only
+    dropped when the subnet is built. size: parameter elements of the own slices; removed_size:
+    what the subnet loses with the group (both kinds; overlaps counted once)."""
 
     id: int
     root: int
@@ -159,9 +186,11 @@ class Group:
     slices: list[tuple[str, int | None, np.ndarray]]   # (param name, dim or None, indices or element mask)
     size: int = 0           # number of parameter elements (buffers excluded), overlaps counted once
     producers: list[str] = field(default_factory=list)
+    input_slices: list[tuple[str, int | None, np.ndarray]] = field(default_factory=list)
+    removed_size: int = 0
 
     def __repr__(self) -> str:
-        return f"Group({self.id}, {self.label}, size={self.size})"
+        return f"Group({self.id}, {self.label}, size={self.size}, removed_size={self.removed_size})"
 
 
 @dataclass
@@ -226,7 +255,10 @@ class Analyzer:
         if dims:
             self.checks.append(Check(m.atoms, dims, reason))
 
-    def record(self, param: torch.Tensor | None, dim: int | None, atoms: np.ndarray) -> None:
+    def record(self, param: torch.Tensor | None, dim: int | None, atoms: np.ndarray,
+               passive: np.ndarray | None = None) -> None:
+        """Attach a parameter's slices along `dim` to `atoms`. passive: per index, True for a
+        consumer's input slice whose inputs are zero whenever its group is (see Record)."""
         if param is None:
             return
         name = self.param_names.get(id(param))
@@ -236,7 +268,10 @@ class Analyzer:
             is_buffer = True
         if name is None:
             return  # a tensor not owned by the model (nothing to slice)
-        self.records.append(Record(name, dim, np.asarray(atoms, dtype=np.int64), is_buffer))
+        if passive is not None:
+            passive = np.asarray(passive, dtype=bool)
+            passive = passive if passive.any() else None
+        self.records.append(Record(name, dim, np.asarray(atoms, dtype=np.int64), is_buffer, passive))
 
     def producer(self, label: str, atoms: np.ndarray) -> None:
         self.producers.append((label, np.asarray(atoms, dtype=np.int64)))
@@ -364,6 +399,7 @@ def finalize(an: Analyzer) -> GroupAnalysis:
     producer_roots.discard(FIXED)
 
     slices: dict[int, list[tuple[str, int | None, np.ndarray]]] = {}
+    input_slices: dict[int, list[tuple[str, int | None, np.ndarray]]] = {}
     for r in an.records:
         rr = roots_np[r.atoms]
         for root, idx in _split_by_root(rr.ravel()):
@@ -372,8 +408,13 @@ def finalize(an: Analyzer) -> GroupAnalysis:
             if r.dim is None:
                 mask = np.zeros(rr.size, dtype=bool)
                 mask[idx] = True
-                idx = mask.reshape(rr.shape)
-            slices.setdefault(root, []).append((r.name, r.dim, idx))
+                slices.setdefault(root, []).append((r.name, None, mask.reshape(rr.shape)))
+                continue
+            passive = r.passive[idx] if r.passive is not None else np.zeros(len(idx), dtype=bool)
+            if (~passive).any():
+                slices.setdefault(root, []).append((r.name, r.dim, idx[~passive]))
+            if passive.any():
+                input_slices.setdefault(root, []).append((r.name, r.dim, idx[passive]))
 
     labels: dict[int, str] = {}
     producers_of: dict[int, list[str]] = {}
@@ -391,10 +432,11 @@ def finalize(an: Analyzer) -> GroupAnalysis:
         if root not in slices:
             continue
         g = Group(id=len(groups), root=root, label=labels.get(root, f"atom {root}"), slices=slices[root],
-                  producers=producers_of.get(root, []))
+                  producers=producers_of.get(root, []), input_slices=input_slices.get(root, []))
         g.size = _slice_size(g.slices, params, shapes)
         if g.size == 0:
-            continue
+            continue  # nothing to score or zero: its channels are kept
+        g.removed_size = _slice_size(g.slices + g.input_slices, params, shapes)
         group_of_root[root] = g.id
         groups.append(g)
 

@@ -34,7 +34,8 @@ def _linear_like(an, node: Node, value: Any, weight: torch.Tensor, bias: torch.T
     if m is None or not isinstance(value, torch.Tensor):
         an.unknown(an.describe())
         return _fixed_like(value)
-    an.record(weight, 1, _input_features(an, node, m, len(m.shape) - 1, label))
+    cdim = len(m.shape) - 1
+    an.record(weight, 1, _input_features(an, node, m, cdim, label), passive=~m.nz_along(cdim))
     out = an.fresh(weight.shape[0])
     an.record(weight, 0, out)
     an.record(bias, 0, out)
@@ -67,7 +68,7 @@ def conv(an, node: Node, value: Any) -> Any:
     g = mod.groups
     w_in_dim, w_out_dim = (0, 1) if transposed else (1, 0)
     if g == 1:
-        an.record(mod.weight, w_in_dim, inp)
+        an.record(mod.weight, w_in_dim, inp, passive=~m.nz_along(cdim))
         an.record(mod.weight, w_out_dim, out)
     else:
         ipg, opg = mod.in_channels // g, out_ch // g
@@ -197,13 +198,14 @@ def multihead_attention(an, node: Node, value: Any) -> Any:
         return _fixed_like(value)
     mq, mk, mv = maps
     feats = [_input_features(an, node, m, len(m.shape) - 1, label) for m in maps]
+    zero_in = [~m.nz_along(len(m.shape) - 1) for m in maps]
     if mod._qkv_same_embed_dim:
         an.union(torch.as_tensor(feats[0]), torch.as_tensor(feats[1]))
         an.union(torch.as_tensor(feats[0]), torch.as_tensor(feats[2]))
-        an.record(mod.in_proj_weight, 1, feats[0])
+        an.record(mod.in_proj_weight, 1, feats[0], passive=zero_in[0] & zero_in[1] & zero_in[2])
     else:
-        for w, f in zip((mod.q_proj_weight, mod.k_proj_weight, mod.v_proj_weight), feats):
-            an.record(w, 1, f)
+        for w, f, z in zip((mod.q_proj_weight, mod.k_proj_weight, mod.v_proj_weight), feats, zero_in):
+            an.record(w, 1, f, passive=z)
     heads = an.fresh(mod.num_heads)
     rows = np.repeat(heads, mod.head_dim)
     if mod._qkv_same_embed_dim:
@@ -212,7 +214,9 @@ def multihead_attention(an, node: Node, value: Any) -> Any:
         for w in (mod.q_proj_weight, mod.k_proj_weight, mod.v_proj_weight):
             an.record(w, 0, rows)
     an.record(mod.in_proj_bias, 0, np.tile(rows, 3))
-    an.record(mod.out_proj.weight, 1, rows)
+    # a head whose q, k, v rows and biases are zero outputs zeros (v = 0): out_proj's columns
+    # for it are input slices
+    an.record(mod.out_proj.weight, 1, rows, passive=np.ones(len(rows), dtype=bool))
     if mod.bias_k is not None:
         an.record(mod.bias_k, 2, rows)
         an.record(mod.bias_v, 2, rows)

@@ -24,9 +24,13 @@ from trainlab.techniques.pruning.subnet import construct_subnet
 
 
 class GroupIndex:
-    """For every parameter slice that belongs to a group: (parameter, dim, group id per index)."""
+    """For every parameter slice that belongs to a group: (parameter, dim, group id per index).
 
-    def __init__(self, model: nn.Module, ga: GroupAnalysis) -> None:
+    inputs=False (the default): only the groups' own slices (output side), the ones that are
+    scored, shrunk, zeroed and counted; inputs=True: also the consumers' input slices that are
+    dropped only when the subnet is built (for counting what a removal takes away)."""
+
+    def __init__(self, model: nn.Module, ga: GroupAnalysis, inputs: bool = False) -> None:
         params = dict(model.named_parameters(remove_duplicate=False))
         root_to_gid = np.full(len(ga.roots), -1, dtype=np.int64)
         for root, gid in ga.group_of_root.items():
@@ -40,6 +44,8 @@ class GroupIndex:
             if p is None:
                 continue
             gids = torch.as_tensor(gid_of_atom[r.atoms], dtype=torch.long)
+            if r.passive is not None and not inputs:
+                gids = gids.masked_fill(torch.as_tensor(r.passive), -1)
             if bool((gids >= 0).any()):
                 self.entries.append((p, r.dim, gids.to(p.device)))
                 self._cpu_gids.append(gids)
@@ -114,7 +120,8 @@ class PruningSpace:
         self.captured = capture(model, example_input, opaque=self.unprunable, leaf_types=rules.KNOWN_LEAF_TYPES)
         self.analysis = analyze(self.captured, self.unprunable, strict)
         self.captured.values.clear()  # the example's activations are not needed any more
-        self.index = GroupIndex(model, self.analysis)
+        self.index = GroupIndex(model, self.analysis)                  # own slices
+        self.removal_index = GroupIndex(model, self.analysis, inputs=True)  # + input slices
         self.optimizer: torch.optim.Optimizer | None = None
         if verbose:
             print(self.summary())
@@ -140,7 +147,7 @@ class PruningSpace:
         return self.index.sq_norms().sqrt()
 
     def zero_groups(self) -> list[int]:
-        """Ids of the groups whose parameters are all exactly zero."""
+        """Ids of the groups whose own (output-side) parameters are all exactly zero."""
         return torch.nonzero(self.index.sq_norms() == 0).flatten().tolist()
 
     def group_sparsity(self) -> float:
@@ -148,7 +155,8 @@ class PruningSpace:
 
     @torch.no_grad()
     def zero_(self, group_ids: Iterable[int]) -> None:
-        """Set the parameters of the given groups to zero, in place."""
+        """Set the own (output-side) parameters of the given groups to zero, in place; their
+        consumers' input slices are left as they are (the subnet drops them)."""
         factors = torch.ones(self.num_groups, dtype=torch.float64)
         ids = list(group_ids)
         if ids:
@@ -156,12 +164,17 @@ class PruningSpace:
             self.index.scale_(factors)
 
     def prunable_params(self) -> int:
-        """Parameters that belong to at least one group (each counted once)."""
+        """Parameters that a removal of groups can take away (own and input slices, each once)."""
         return self.removed_params(range(self.num_groups))
 
+    def owned_params(self) -> int:
+        """Parameters in the groups' own (output-side) slices, each counted once."""
+        return int(sum(int(m.sum()) for m in self.index.mask(range(self.num_groups)).values()))
+
     def removed_params(self, group_ids: Iterable[int]) -> int:
-        """How many parameters disappear when these groups are removed (overlaps counted once)."""
-        return int(sum(int(m.sum()) for m in self.index.mask(group_ids).values()))
+        """How many parameters disappear when these groups are removed: their own slices and
+        their consumers' input slices (overlaps counted once)."""
+        return int(sum(int(m.sum()) for m in self.removal_index.mask(group_ids).values()))
 
     def total_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -228,9 +241,9 @@ class PruningSpace:
                          atol: float = 1e-5) -> nn.Module:
         """A smaller module without the given groups (default: the groups that are all zero).
 
-        verify: compare eval-mode outputs of the subnet and of the model with those groups
-        zeroed on the example input, and raise if they differ by more than atol (relative to the
-        output scale).
+        verify: compare eval-mode outputs of the subnet and of the model with those groups' own
+        slices zeroed (their consumers' input slices left as they are) on the example input, and
+        raise if they differ by more than atol (relative to the output scale).
         """
         ids = self.zero_groups() if group_ids is None else sorted(set(int(g) for g in group_ids))
         bad = [g for g in ids if not 0 <= g < self.num_groups]
@@ -278,11 +291,13 @@ class PruningSpace:
     def summary(self, max_groups: int = 8) -> str:
         total = self.total_params()
         prunable = self.prunable_params()
+        owned = self.owned_params()
         lines = [
             f"PruningSpace of {type(self.model).__name__}: {len(self.captured.graph.nodes)} graph nodes, "
             f"{self.num_groups} pruning groups",
-            f"  parameters: {total:,} total, {prunable:,} ({100 * prunable / max(1, total):.1f}%) in pruning groups "
-            f"(removable slices: rows, columns, norm entries)",
+            f"  parameters: {total:,} total, {owned:,} ({100 * owned / max(1, total):.1f}%) in the groups "
+            f"(rows, biases, norm entries: scored and zeroed), {prunable:,} "
+            f"({100 * prunable / max(1, total):.1f}%) removable with the consumers' input columns",
             f"  group sparsity now: {self.group_sparsity():.3f}",
         ]
         by_producer: dict[str, int] = {}
