@@ -119,7 +119,7 @@ def test_magnitude_importance_selects_smallest_groups():
         for i in (5, 7, 9):
             model.c2.weight[i] *= 1e-3
             model.b2.weight[i] *= 1e-3
-            model.fc.weight[:, i] *= 1e-3
+            model.b2.bias[i] *= 1e-3
     norms = space.group_norms()
     expected = sorted(torch.argsort(norms)[:3].tolist())
     c2 = [g.id for g in space.groups if g.label.startswith("Conv2d 'c2'")]
@@ -127,6 +127,37 @@ def test_magnitude_importance_selects_smallest_groups():
     opt = space.hesso(lr=1e-9, target_group_sparsity=0.15, pruning_steps=1, importance={"magnitude": 1.0})
     _step(model, opt)
     assert sorted(opt.pruned) == expected
+
+
+def test_scores_follow_the_official_formulas_on_output_side_slices():
+    """The five saliency criteria of the official optimizer (importance_score/*.py), each divided by
+    its L2 norm over all groups and weighted 0.2, computed by hand from each group's own slices
+    (conv row, BatchNorm weight and bias; not the next layer's input columns)."""
+    model, space = _fresh()
+    opt = space.hesso(lr=0.1, target_group_sparsity=0.5)
+    model.zero_grad()
+    F.cross_entropy(model(X), Y).backward()
+    directions = {id(p): p.grad.detach().clone() for p in model.parameters()}  # plain SGD: d = gradient
+    got = opt._scores(directions)
+    params = dict(model.named_parameters())
+    raw = {k: [] for k in ("magnitude", "avg_magnitude", "cosine_similarity", "taylor_first_order",
+                           "taylor_second_order")}
+    for g in space.groups:
+        own = [(params[n], dim, torch.as_tensor(idx)) for n, dim, idx in g.slices if n in params]
+        assert {n for n, _, _ in g.slices} <= {"c1.weight", "b1.weight", "b1.bias", "b1.running_mean",
+                                               "b1.running_var", "c2.weight", "b2.weight", "b2.bias",
+                                               "b2.running_mean", "b2.running_var"}
+        x = torch.cat([p.detach().index_select(dim, idx).reshape(-1) for p, dim, idx in own]).double()
+        d = torch.cat([p.grad.index_select(dim, idx).reshape(-1) for p, dim, idx in own]).double()
+        xd = float(x @ d)
+        raw["magnitude"].append(x.norm())
+        raw["avg_magnitude"].append(x.norm() / (x.numel() + 1e-6))
+        raw["cosine_similarity"].append(xd / (x.norm() + 1e-8) / (d.norm() + 1e-8) + 1)
+        raw["taylor_first_order"].append(abs(xd))
+        raw["taylor_second_order"].append(0.5 * xd ** 2)
+    want = sum(0.2 * torch.tensor(v, dtype=torch.float64) / (torch.tensor(v, dtype=torch.float64).norm() + 1e-8)
+               for v in raw.values())
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("push,crosses", [(1.5, True), (0.5, False)])
@@ -226,6 +257,36 @@ def test_magnitude_baseline_prunes_after_last_epoch_only():
     result = run_training(TINY, [tech], seed=0)
     assert [row["group_sparsity"] for row in result.epochs] == [0.0, 0.0, 0.0, 0.5]
     assert 0.0 <= result.final["dense_test_acc"] <= 1.0 and "dense_test_acc" not in result.epochs[0]
+
+
+def test_magnitude_with_finetuning_prunes_where_hesso_finishes_and_holds_zero():
+    from trainlab.techniques.pruning.hesso import schedule
+    from trainlab.techniques.registry import build_technique
+    from trainlab.training.trainer import run_training
+
+    # 16 steps: HESSO's default schedule warms up 2 steps, prunes over 2 (2 periods of 1): done after step 4
+    assert schedule(16) == (2, 2, 4)
+    hesso = build_technique("hesso", {"target_group_sparsity": 0.5})
+    h = run_training(TINY, [hesso], seed=0)
+    assert hesso.optimizer.end_step == 4
+    mag = build_technique("magnitude-group-prune", {"target_group_sparsity": 0.5, "prune_at": "hesso"})
+    result = run_training(TINY, [mag], seed=0, keep_state=True)
+    assert mag.prune_step == 4
+    assert [row["group_sparsity"] for row in h.epochs] == [row["group_sparsity"] for row in result.epochs] == [0.5] * 4
+    assert "dense_test_acc" not in result.final
+    # the pruned groups stayed zero through 12 more steps; the others kept training
+    assert sorted(mag.space.zero_groups()) == sorted(mag.pruned) and len(mag.pruned) == 10
+    half = build_technique("magnitude-group-prune", {"target_group_sparsity": 0.5, "prune_at": 0.5})
+    assert [row["group_sparsity"] for row in run_training(TINY, [half], seed=0).epochs] == [0.0, 0.5, 0.5, 0.5]
+    assert half.prune_step == 8
+
+
+def test_magnitude_bad_prune_at_is_a_config_error():
+    from trainlab.techniques.registry import build_technique
+
+    for bad in (0.0, 1.5, "later"):
+        with pytest.raises(ConfigError):
+            build_technique("magnitude-group-prune", {"prune_at": bad})
 
 
 def test_magnitude_selection_smallest_norms_keeps_a_channel_per_layer():

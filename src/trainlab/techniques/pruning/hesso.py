@@ -10,7 +10,16 @@ OTOv2's DHSPG step.
 Claim: trained once with HESSO, a network reaches a target group sparsity and its zero groups can
 be removed without fine-tuning, keeping accuracy close to the dense model ("HESSO could
 automatically and efficiently train a DNN within a single run to produce a high-performing
-sub-network"), better than pruning a trained dense network by magnitude without fine-tuning.
+sub-network"). Checked here as (1) non-inferiority to the dense model trained with the same budget
+(margin 1 point of test accuracy), (2) against magnitude pruning at the step where HESSO reaches
+its target followed by the same remaining training (a fair one-run baseline), and (3) against
+magnitude pruning after training without fine-tuning (OTO's "no fine-tuning" property only; that
+baseline never adapts to its pruning, so beating it says little about HESSO's selection).
+
+Groups (OTOv2's zero-invariant groups, as the official code's node groups hold them): a group owns
+its producers' rows, biases and norm entries; the importance scores, the shrinking and the group
+sparsity are computed on those alone, and the consumers' input columns are dropped only when the
+subnet is built (trainlab.techniques.pruning.groups).
 
 Algorithm (as in the paper and the official code): train normally for `warmup_steps`; then
 `pruning_periods` periods of equal length L (= pruning_steps // pruning_periods). At the start of
@@ -29,10 +38,11 @@ AdamW (decoupled), written out here so the optimizer's state round-trips through
 with target 0 it reproduces torch.optim's trajectories.
 
 Scale and shortfalls: the paper trains ImageNet/CIFAR ResNets, VGG, BERT, YOLO and LLMs for
-hundreds of epochs on GPUs; here the check is ResNet-20 on CIFAR-10 for a CPU budget. The
-Corrective Redundant Identification Cycle (CRIC) of the paper is not implemented. The cosine
-criterion's sign follows the official code. The half-space variant uses a fixed lambda instead of
-DHSPG's adaptive one.
+hundreds of epochs on GPUs; here the checks are a small CNN on scikit-learn digits (cheap) and
+ResNet-20 on a CIFAR-10 subset (about 70 minutes on 2 cores). The Corrective Redundant
+Identification Cycle (CRIC) of the paper is not implemented. The cosine criterion's sign follows
+the official code. The half-space variant uses a fixed lambda instead of DHSPG's adaptive one.
+See HESSOTechnique.deviations for every known difference from the official optimizer.
 """
 from __future__ import annotations
 
@@ -42,7 +52,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from trainlab.claims.claim import Claim, arm
+from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
 from trainlab.errors import ConfigError
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Paper, Technique, TrainState
@@ -54,6 +64,7 @@ PAPER = Paper(
     arxiv="2409.09085",
 )
 
+DEFAULT_WARMUP_FRACTION, DEFAULT_PRUNING_FRACTION, DEFAULT_PRUNING_PERIODS = 0.1, 0.15, 10
 DEFAULT_IMPORTANCE = {"magnitude": 0.2, "avg_magnitude": 0.2, "cosine_similarity": 0.2,
                       "taylor_first_order": 0.2, "taylor_second_order": 0.2}
 VARIANTS = ("sgd", "adam", "adamw")
@@ -285,6 +296,23 @@ class HESSO(torch.optim.Optimizer):
 
 # ---------------------------------------------------------------------------------- technique
 
+def schedule(total_steps: int, warmup_fraction: float = DEFAULT_WARMUP_FRACTION,
+             pruning_fraction: float = DEFAULT_PRUNING_FRACTION,
+             pruning_periods: int = DEFAULT_PRUNING_PERIODS) -> tuple[int, int, int]:
+    """(warmup_steps, pruning_steps, end_step) of a run of `total_steps` optimizer steps; after
+    step end_step the target group sparsity is reached (HESSO.end_step)."""
+    total = max(1, int(total_steps))
+    warmup = int(round(warmup_fraction * total))
+    steps = max(1, int(round(pruning_fraction * total)))
+    periods = min(pruning_periods, steps)
+    return warmup, steps, warmup + periods * (steps // periods)
+
+
+def default_end_step(total_steps: int) -> int:
+    """The step at which HESSO with the technique's default schedule reaches its target."""
+    return schedule(total_steps)[2]
+
+
 def example_input(task: Any, count: int = 2) -> torch.Tensor:
     """A few training inputs of a task, for tracing (seed 0's data; only shapes matter)."""
     from trainlab.tasks.loading import load_task_data
@@ -306,11 +334,28 @@ class HESSOTechnique(Technique):
     name = "hesso"
     family = "pruning"
     paper = PAPER
+    fidelity = "variant"
+    deviations = (
+        "the Corrective Redundant Identification Cycle (CRIC, HESSO-CRIC) is not implemented: redundant groups "
+        "are identified once per period and never restored",
+        "within a pruning period the redundant groups shrink by (L - t - 1) / (L - t) over the period's L steps; "
+        "the official optimizer (tianyic/only_train_once, optimizer/hesso.py) identifies them at the period's first "
+        "step, shrinks over the next L - 1 steps and leaves one step idle; both reach exactly zero at the period's end",
+        "the adam/adamw base steps are torch's Adam/AdamW; the official optimizer starts the first moment at the "
+        "raw gradient (not (1 - beta1) times it) before its bias correction",
+        "every producer layer keeps at least one output channel (the official code keeps at least group_divisible "
+        "groups per node group); channel_multiple gives back chosen groups instead of the official refinement",
+        "where a removed channel is not zero while its group is zero (after a sigmoid, say), the consumer's input "
+        "columns belong to the group's own slices (scored and zeroed) so that removal stays exact; the official "
+        "groups assume zero-invariant operations there",
+        "the half-space projection option uses a fixed lambda, not DHSPG's adaptive one",
+    )
     modifies = frozenset({"optimizer", "weights"})
     summary = "structured pruning while training: progressively zero the least important groups"
 
-    def __init__(self, target_group_sparsity: float = 0.5, warmup_fraction: float = 0.1,
-                 pruning_fraction: float = 0.15, pruning_periods: int = 10, projection: str = "shrink",
+    def __init__(self, target_group_sparsity: float = 0.5, warmup_fraction: float = DEFAULT_WARMUP_FRACTION,
+                 pruning_fraction: float = DEFAULT_PRUNING_FRACTION, pruning_periods: int = DEFAULT_PRUNING_PERIODS,
+                 projection: str = "shrink",
                  importance: Mapping[str, float] | None = None) -> None:
         super().__init__(target_group_sparsity=target_group_sparsity, warmup_fraction=warmup_fraction,
                          pruning_fraction=pruning_fraction, pruning_periods=pruning_periods,
@@ -341,9 +386,8 @@ class HESSOTechnique(Technique):
         return self.optimizer
 
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
-        total = max(1, state.total_steps)
-        warmup = int(round(self.warmup_fraction * total))
-        steps = max(1, int(round(self.pruning_fraction * total)))
+        warmup, steps, _ = schedule(state.total_steps, self.warmup_fraction, self.pruning_fraction,
+                                    self.pruning_periods)
         optimizer.configure_schedule(warmup, steps, self.pruning_periods)
 
     def on_epoch_end(self, model: nn.Module, state: TrainState) -> None:
@@ -353,29 +397,108 @@ class HESSOTechnique(Technique):
         state.epoch_metrics["removable_params_fraction"] = self.space.removed_params(zero) / max(1, self.space.total_params())
 
 
+_TUTORIAL = ("official code's ResNet18/CIFAR-10 tutorial (tianyic/only_train_once, tutorials/01.resnet18_cifar10.ipynb): "
+             "70% group sparsity, about 92% fewer parameters, 92.91% test accuracy, 0.11 points below the dense "
+             "baseline, without fine-tuning")
+_QUOTE = "HESSO could automatically and efficiently train a DNN within a single run to produce a high-performing sub-network."
+_PAPER_SETTING = PaperSetting(
+    train_size=50_000, epochs=100, params=11_200_000,
+    text=("CIFAR-10, ResNet18 (CIFAR variant), SGD lr 0.1, weight decay 1e-4, 100 epochs, pruning from epoch 10 to 20 "
+          "in 10 periods, 70% group sparsity (official tutorial); the paper's tables also cover ResNet50/VGG16 on "
+          "CIFAR-10, ResNet50 on ImageNet, BERT, YOLO and LLMs"))
+_HESSO = arm(("hesso", {"target_group_sparsity": 0.5}), label="HESSO, 50% group sparsity")
+_DENSE = arm(label="dense training, same budget (no pruning)")
+_MAG_FT = arm(("magnitude-group-prune", {"target_group_sparsity": 0.5, "prune_at": "hesso"}),
+              label="dense training, 50% of groups pruned by magnitude at HESSO's end step (25% of the run), "
+                    "then the same remaining training (fine-tuning)")
+_MAG_ONESHOT = arm(("magnitude-group-prune", {"target_group_sparsity": 0.5}),
+                   label="dense training, then 50% of groups pruned by magnitude (no fine-tuning)")
+_DENSE_LEARNS = Precondition("test_acc", ">=", 0.3, arm="baseline", over="min", relative_to="chance",
+                             why="the dense model learns the task (else 'as good as dense' is empty)")
+_DIGITS_SCALE = ("paper: ResNet18 on 50k CIFAR-10 images for 100 epochs (11M parameters); here: scikit-learn digits "
+                 "(1,437 8x8 training images), a 19.6k-parameter BatchNorm CNN (96 pruning groups), 15 epochs, CPU")
+
+
 CLAIMS = [
+    Claim(
+        id="hesso-digits-vs-dense",
+        technique="hesso",
+        task="digits-cnn",
+        metric="test_acc",
+        direction="higher",
+        treatment=_HESSO,
+        baseline=_DENSE,
+        paper_quote=_QUOTE,
+        paper_number=_TUTORIAL,
+        paper_scale=_DIGITS_SCALE,
+        paper_setting=_PAPER_SETTING,
+        margin=0.01,
+        seeds=5,
+        preconditions=(_DENSE_LEARNS,),
+        notes=("Non-inferiority: reproduced when the whole 95% interval of (HESSO - dense) test accuracy lies above "
+               "-1 point. The margin is fixed in advance, looser than the tutorial's 0.11 points because 1 point of "
+               "digits' 360 test images is 3.6 images. Both arms train the same steps with the same schedule."),
+    ),
+    Claim(
+        id="hesso-digits-vs-magnitude-finetune",
+        technique="hesso",
+        task="digits-cnn",
+        metric="test_acc",
+        direction="higher",
+        treatment=_HESSO,
+        baseline=_MAG_FT,
+        paper_quote=_QUOTE,
+        paper_number=_TUTORIAL,
+        paper_scale=_DIGITS_SCALE,
+        paper_setting=_PAPER_SETTING,
+        min_effect=0.0,
+        seeds=5,
+        preconditions=(_DENSE_LEARNS,),
+        notes=("The fair one-run baseline: the same groups, the same number removed at the same step as HESSO "
+               "finishes, the same remaining 75% of training for both. A win says HESSO's saliency-driven, progressive "
+               "selection beats one-shot magnitude pruning at that point; the paper does not run this baseline."),
+    ),
+    Claim(
+        id="hesso-digits-vs-magnitude-oneshot",
+        technique="hesso",
+        task="digits-cnn",
+        metric="test_acc",
+        direction="higher",
+        treatment=_HESSO,
+        baseline=_MAG_ONESHOT,
+        paper_quote=_QUOTE,
+        paper_number=_TUTORIAL,
+        paper_scale=_DIGITS_SCALE,
+        paper_setting=_PAPER_SETTING,
+        min_effect=0.0,
+        seeds=5,
+        preconditions=(_DENSE_LEARNS,),
+        notes=("Only OTO's 'no fine-tuning needed' property: the baseline prunes after training and never adapts, so "
+               "a win here is expected of any train-while-pruning method and says little about HESSO's selection; "
+               "see hesso-digits-vs-magnitude-finetune and hesso-digits-vs-dense."),
+    ),
     Claim(
         id="hesso-cifar10-resnet20",
         technique="hesso",
         task="cifar10-resnet",
         metric="test_acc",
         direction="higher",
-        treatment=arm(("hesso", {"target_group_sparsity": 0.5}), label="HESSO, 50% group sparsity"),
-        baseline=arm(("magnitude-group-prune", {"target_group_sparsity": 0.5}),
-                     label="dense training, then 50% of groups pruned by magnitude (no fine-tuning)"),
-        paper_quote=("HESSO could automatically and efficiently train a DNN within a single run to produce a "
-                     "high-performing sub-network."),
-        paper_number=("official code's ResNet18/CIFAR-10 tutorial: ~92% fewer parameters at 92.91% accuracy, "
-                      "0.11 points below the dense baseline, without fine-tuning"),
-        paper_scale="ResNet18/ResNet50/VGG16 on CIFAR-10, ResNet50 on ImageNet, BERT, YOLO, LLMs; full-length GPU training",
+        treatment=_HESSO,
+        baseline=_MAG_ONESHOT,
+        paper_quote=_QUOTE,
+        paper_number=_TUTORIAL,
+        paper_scale=("paper: ResNet18 on 50k CIFAR-10 images for 100 epochs (11M parameters); here: ResNet-20 "
+                     "(0.27M parameters) on a 10k-image subset for 15 epochs, CPU"),
+        paper_setting=_PAPER_SETTING,
         min_effect=0.0,
         seeds=3,
         suites=("full",),
         overrides={"train_subset": 10_000, "epochs": 15},
+        preconditions=(_DENSE_LEARNS,),
         notes=("Both arms remove the same number of groups (50% of ResNet-20's pruning groups) and are evaluated "
-               "without fine-tuning; HESSO's zero groups are removable exactly (subnet equality is tested). The "
-               "paper's second statement, accuracy within a fraction of a point of the dense model, is a "
-               "non-inferiority margin that a claim with min_effect >= 0 cannot express; compare with a dense "
-               "run of the same budget (`trainlab train --task cifar10-resnet`)."),
+               "without fine-tuning; HESSO's zero groups are removable exactly (subnet equality is tested). This is "
+               "only OTO's 'no fine-tuning' property: the baseline never adapts to its pruning. The fair comparisons "
+               "(non-inferiority to dense, magnitude pruning with fine-tuning in the same budget) are the "
+               "hesso-digits-* claims, cheap enough for a CPU; on ResNet-20 they would add about 45 minutes."),
     ),
 ]
