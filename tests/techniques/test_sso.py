@@ -9,7 +9,8 @@ from torch import nn
 from trainlab.errors import ConfigError
 from trainlab.tasks.loading import load_task_data
 from trainlab.tasks.registry import get_task
-from trainlab.techniques.optimizers.sso import SSO, sso_step, surrogate, surrogate_steps
+from trainlab.techniques.optimizers.sso import SSO, sso_step, surrogate, surrogate_steps, without_weight_decay
+from trainlab.training.technique import Batch, TrainState
 from trainlab.training.trainer import run_training
 
 
@@ -86,3 +87,56 @@ def test_bad_settings() -> None:
         SSO(m=0)
     with pytest.raises(ConfigError):
         SSO(eta=-1.0)
+
+
+def _one_weight() -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    return model, torch.tensor([[1.0]]), torch.tensor([[3.0]])
+
+
+def _half_squared_error(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (z - y).pow(2).mean()
+
+
+# Hand case: f(w) = w * x with x = 1, w0 = 1, y = 3, loss (z - y)^2 / 2, so z0 = 1 and g = dL/dz = -2.
+# Surrogate (B = 1, eta = 1): s(w) = g (w - z0) + (w - z0)^2 / 2, ds/dw = -2 + (w - 1).
+# SGD lr 0.1, weight decay 0.5, m = 2:
+#   step 1 (the gradient step, with decay): w1 = 1 - 0.1 * (-2 + 0.5 * 1) = 1.15
+#   step 2 (surrogate only, no decay):      w2 = 1.15 - 0.1 * (-2 + 0.15) = 1.335
+# (decay in step 2 too would give 1.15 - 0.1 * (-1.85 + 0.5 * 1.15) = 1.2775)
+def test_weight_decay_is_applied_once_per_gradient_evaluation_hand_case() -> None:
+    model, x, y = _one_weight()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.5)
+    sso_step(model, _half_squared_error, opt, x, y, m=2, eta=1.0)
+    assert model.weight.item() == pytest.approx(1.335, abs=1e-6)
+    assert opt.param_groups[0]["weight_decay"] == 0.5          # restored after the surrogate steps
+
+
+def test_trainer_hooks_apply_weight_decay_once_per_batch_hand_case() -> None:
+    model, x, y = _one_weight()
+    task = get_task("blobs-mlp").with_overrides({"weight_decay": 0.5})
+    sso = SSO(m=2, eta=1.0, lr=0.1)
+    opt = sso.make_optimizer(model.parameters(), task)
+    batch = Batch(inputs=x, targets=y, indices=torch.tensor([0]))
+    state = TrainState(batch=batch)
+    outputs = model(x)
+    loss = sso.loss(outputs, batch, state, _half_squared_error(outputs, y))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()                                                  # the Trainer's step: w1 = 1.15
+    assert model.weight.item() == pytest.approx(1.15, abs=1e-6)
+    state.outputs = outputs
+    sso.after_step(model, opt, state)                           # one surrogate step without decay
+    assert model.weight.item() == pytest.approx(1.335, abs=1e-6)
+    assert opt.param_groups[0]["weight_decay"] == 0.5
+
+
+def test_without_weight_decay_restores_on_error() -> None:
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(2))], weight_decay=0.1)
+    with pytest.raises(RuntimeError):
+        with without_weight_decay(opt):
+            assert opt.param_groups[0]["weight_decay"] == 0.0
+            raise RuntimeError("boom")
+    assert opt.param_groups[0]["weight_decay"] == 0.1
