@@ -1,12 +1,16 @@
 """The `trainlab` command.
 
-Every mistake a user can make (unknown task or technique, bad number, unreadable data path,
-corrupt checkpoint) prints one line `trainlab: error: ...` and exits with status 2.
+Every mistake a user can make (unknown task or technique, bad number or setting, a device this
+machine lacks, unreadable data path, a task whose data or model function fails, labels outside the
+classes, a store path that cannot be created, corrupt checkpoint) prints one line
+`trainlab: error: ...` and exits with status 2.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,6 +52,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _device(text: str) -> str:
+    from trainlab.errors import UserError as _UserError
+    from trainlab.training.validate import resolve_device
+
+    try:
+        return str(resolve_device(text))
+    except _UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -67,6 +81,57 @@ def parse_technique(text: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), settings
 
 
+def check_setting_types(name: str, settings: dict[str, Any]) -> None:
+    """A setting whose default (or annotation) is a number must be given a number, a flag a
+    true/false: `mixup:alpha=abc` is refused here, before the technique compares 'abc' with 0."""
+    from trainlab.techniques.registry import get_technique
+
+    try:
+        params = inspect.signature(get_technique(name)).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in settings.items():
+        p = params.get(key)
+        kind = _setting_kind(p) if p is not None else None  # unknown keys: the technique reports them
+        if kind is None or value is None:
+            continue
+        if kind == "flag" and not isinstance(value, bool):
+            raise ConfigError(f"technique '{name}': setting '{key}' must be true or false, got '{value}'")
+        if kind == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"technique '{name}': setting '{key}' must be a number, got '{value}'")
+
+
+def _setting_kind(p: inspect.Parameter) -> str | None:
+    default = p.default
+    if isinstance(default, bool):
+        return "flag"
+    if isinstance(default, (int, float)):
+        return "number"
+    ann = p.annotation
+    names = {ann.__name__} if isinstance(ann, type) else \
+        {t.strip() for t in str(ann).split("|")} if isinstance(ann, str) else set()
+    names.discard("None")
+    if names == {"bool"}:
+        return "flag"
+    if names and names <= {"int", "float"}:
+        return "number"
+    return None
+
+
+def _preflight(task: Any, techniques: Sequence[tuple[str, dict[str, Any]]], seed: int, device: str) -> None:
+    """Set up one run (data, labels, model, techniques, optimizer) without training, so that a
+    broken task is one error line before anything starts. Skipped under torchrun (the setup of a
+    distributed run is collective)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    from trainlab.training.trainer import setup_run
+
+    setup_run(task, techniques, seed, device)
+
+
+_STORE_HELP = "run store file (default: $TRAINLAB_STORE, else runs.sqlite in the user data folder)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="trainlab", description="Training techniques from papers, and a harness that checks their claims.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
@@ -75,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("list", help="list techniques with their papers, claims and latest verdicts",
                        description="List techniques with their papers, claims and latest verdicts.")
-    s.add_argument("--store", type=Path, help="run store (default: trainlab-runs/runs.sqlite or $TRAINLAB_STORE)")
+    s.add_argument("--store", type=Path, help=_STORE_HELP)
 
     s = sub.add_parser("train", help="train one task, optionally with techniques",
                        description="Train one task (named, or file.py:name) with optional techniques.")
@@ -86,17 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=_positive_int)
     s.add_argument("--batch-size", type=_positive_int)
     s.add_argument("--lr", type=_positive_float)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", type=_device, help="cpu, cuda, cuda:N, mps (default: cpu)")
     s.add_argument("--checkpoint", type=Path, help="write a checkpoint here after every epoch")
     s.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
-    s.add_argument("--store", type=Path, help="run store (default: trainlab-runs/runs.sqlite)")
+    s.add_argument("--store", type=Path, help=_STORE_HELP)
     s.add_argument("--no-store", action="store_true", help="do not record the run")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("runs", help="list stored runs", description="List stored runs, newest first.")
     s.add_argument("--claim", help="only runs of this claim id")
     s.add_argument("--limit", type=_positive_int, default=30)
-    s.add_argument("--store", type=Path)
+    s.add_argument("--store", type=Path, help=_STORE_HELP)
 
     for name, helptext in (("check", "check a technique's claims (or one claim) against its baseline"),
                            ("bench", "run a suite of claims and write a report")):
@@ -111,15 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--executor", default="local", choices=["local", "ray"])
         s.add_argument("--workers", type=_positive_int, help="parallel runs (default: one per core)")
         s.add_argument("--address", help="Ray cluster address (ray executor); default: a local Ray instance")
-        s.add_argument("--device", default="cpu")
+        s.add_argument("--device", default="cpu", type=_device, help="cpu, cuda, cuda:N, mps (default: cpu)")
         s.add_argument("--no-overhead", action="store_true", help="skip the overhead measurement")
-        s.add_argument("--store", type=Path)
+        s.add_argument("--store", type=Path, help=_STORE_HELP)
 
     s = sub.add_parser("report", help="rebuild a report from the run store, without training",
                        description="Rebuild a report from the run store, without training.")
     s.add_argument("--suite", default="quick", choices=["quick", "full"])
     s.add_argument("--out", type=Path)
-    s.add_argument("--store", type=Path)
+    s.add_argument("--store", type=Path, help=_STORE_HELP)
 
     s = sub.add_parser("prune", help="train with HESSO structured pruning and build the smaller network",
                        description="Train with HESSO, build the pruned subnet, save it, compare with the dense model.")
@@ -214,9 +279,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
                  if v is not None}
     task = task.with_overrides(overrides)
     techniques = [parse_technique(t) for t in args.technique]
+    for name, settings in techniques:
+        check_setting_types(name, settings)
     build_techniques(techniques)  # fail fast on unknown names, bad settings, conflicts
     if args.resume and args.checkpoint is None:
         raise ConfigError("--resume needs --checkpoint")
+    _preflight(task, techniques, args.seed, args.device)
+    if args.resume and args.checkpoint.exists():  # unreadable or of another kind: one line, before training
+        from trainlab.training.checkpoint import load_checkpoint
+
+        load_checkpoint(args.checkpoint)
     from trainlab.training import distributed
 
     main_process = distributed.context().is_main  # under torchrun only rank 0 prints and stores
@@ -272,7 +344,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from trainlab.claims.api import check_claims
     from trainlab.claims.registry import resolve
 
-    results = check_claims(resolve(args.name), task=args.task, **_check_kwargs(args))
+    claims = resolve(args.name)
+    if args.task is not None:  # the user's own task: a broken one is one error line, before any run
+        from trainlab.tasks.registry import get_task
+
+        _preflight(get_task(args.task), [], 0, args.device)
+    results = check_claims(claims, task=args.task, **_check_kwargs(args))
     return 0 if all(r.analysis is not None for r in results) else 1
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trainlab.errors import ConfigError, DataError
+from trainlab.errors import ConfigError
 from trainlab.tasks.task import DataBundle, Task
 
 _CACHE: dict[str, DataBundle] = {}
@@ -23,12 +23,9 @@ def load_task_data(task: Task, seed: int = 0) -> DataBundle:
     key = _key(task, seed)
     if key in _CACHE:
         return _CACHE[key]
-    try:
-        bundle = task.make_data(**dict(task.data_kwargs))
-    except (ConfigError, DataError):
-        raise
-    except TypeError as e:
-        raise ConfigError(f"task '{task.name}': bad data settings ({e})") from None
+    from trainlab.training.validate import call_user
+
+    bundle = call_user(task.make_data, "make_data", task.name, **dict(task.data_kwargs))
     if not isinstance(bundle, DataBundle):
         raise ConfigError(f"task '{task.name}': make_data must return a trainlab DataBundle, got {type(bundle).__name__}")
     if task.train_subset or task.label_noise or task.imbalance or task.shift:

@@ -40,4 +40,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or "format" not in payload:
         raise CheckpointError(f"checkpoint '{path}' is not a trainlab checkpoint")
+    if "removed_groups" in payload and "identity" not in payload:
+        raise CheckpointError(f"checkpoint '{path}' is a pruned subnet file, not a training checkpoint "
+                              "(load it with trainlab.techniques.pruning.cli.load_subnet)")
     return payload

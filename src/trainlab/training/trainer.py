@@ -31,6 +31,7 @@ from trainlab.training.optim import build_optimizer, build_scheduler
 from trainlab.training.provenance import provenance
 from trainlab.training.result import RunResult
 from trainlab.training.technique import Batch, Technique, TrainState, check_compatible
+from trainlab.training.validate import call_user, check_labels, check_model, resolve_device
 
 CHECKPOINT_FORMAT = 1
 TechniqueLike = Technique | tuple[str, dict] | str
@@ -125,20 +126,20 @@ def setup_run(task: Task | str, techniques: Sequence[TechniqueLike] = (), seed: 
     task = resolve_task(task)
     techs = build_techniques(techniques)
     dist = distributed.context()
-    device = distributed.local_device(torch.device(device), dist)
-    if device.type == "cuda":
+    device = distributed.local_device(resolve_device(device), dist)
+    if device.type == "cuda":  # set_device needs an index: plain "cuda" is the current GPU
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
         torch.cuda.set_device(device)
     data = load_task_data(task, seed)
+    check_labels(task, data)
     if task.epochs < 1 or task.batch_size < 1:
         raise ConfigError(f"task '{task.name}': epochs and batch_size must be >= 1")
     if task.batch_size % dist.world_size:
         raise ConfigError(f"batch size {task.batch_size} is not divisible by {dist.world_size} processes")
 
     torch.manual_seed(seed)
-    try:
-        model = task.make_model(data.input_shape, data.num_classes, **dict(task.model_kwargs))
-    except TypeError as e:
-        raise ConfigError(f"task '{task.name}': bad model settings ({e})") from None
+    model = check_model(task.name, call_user(task.make_model, "make_model", task.name, data.input_shape,
+                                             data.num_classes, **dict(task.model_kwargs)), task.make_model)
     for t in techs:
         model = t.prepare(model, task)
     model.to(device)

@@ -117,8 +117,10 @@ def load_subnet(path: str | Path, task: Any = None) -> nn.Module:
         raise CheckpointError(f"no subnet file at '{path}'") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is one clear message
         raise CheckpointError(f"cannot read subnet file '{path}': {e}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"'{path}' is not a trainlab subnet file (format {FORMAT})")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "removed_groups" not in payload:
+        hint = "; it is a training checkpoint (`trainlab prune` writes subnet files)" \
+            if isinstance(payload, dict) and "identity" in payload else ""
+        raise CheckpointError(f"'{path}' is not a trainlab subnet file (format {FORMAT}){hint}")
     task = get_task(task if task is not None else payload["task"])
     shape = tuple(payload["input_shape"])
     model = task.make_model(shape, payload["num_classes"], **payload["model_kwargs"])
