@@ -12,9 +12,11 @@ from trainlab.errors import ConfigError
 from trainlab.tasks.models import build_model
 from trainlab.tasks.synthetic import blobs
 from trainlab.tasks.task import Task
-from trainlab.techniques.regularization.nested_dropout import (NestedDropout, NestedDropoutTechnique,
-                                                               insert_before_last_linear, prefix_distribution,
-                                                               prefix_mask)
+from trainlab.techniques.regularization.nested_dropout import (HeldOutSlice, HoldOutSliceTechnique, NestedDropout,
+                                                               NestedDropoutTechnique, best_prefix, holdout_indices,
+                                                               insert_before_last_linear, prefix_accuracies,
+                                                               prefix_distribution, prefix_mask)
+from trainlab.training.technique import Batch, Technique
 from trainlab.training.trainer import run_training
 
 
@@ -79,3 +81,103 @@ def test_inserted_before_the_last_linear_and_trains():
     assert result.epochs[-1]["nested_eval_k"] == NestedDropout(16, sigma=4.0).eval_k
     with pytest.raises(ConfigError):
         NestedDropoutTechnique(distribution="uniform")
+
+
+# --------------------------------------------------------------------------- K chosen on clean held-out data
+
+def test_prefix_accuracies_equal_the_masked_classifier():
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 4)
+    h, y = torch.randn(50, 6), torch.randint(0, 4, (50,))
+    acc = prefix_accuracies(h, linear, y)
+    for k in range(1, 7):   # the classifier on h * mask_k, one prefix at a time
+        ref = (linear(h * prefix_mask(torch.tensor([k]), 6)).argmax(1) == y).float().mean()
+        assert acc[k - 1].item() == pytest.approx(ref.item())
+    # hand case: two features, weights pick class 0 from feature 1 and class 1 from feature 2
+    lin = nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 3.0]]))
+        lin.bias.zero_()
+    feats = torch.tensor([[1.0, 1.0], [2.0, 0.5]])
+    # k=1: logits [1, 0] and [2, 0] -> class 0, 0; k=2: [1, 3] -> 1, [2, 1.5] -> 0
+    assert prefix_accuracies(feats, lin, torch.tensor([1, 0])).tolist() == [0.5, 1.0]
+    assert prefix_accuracies(feats, lin, torch.tensor([0, 0])).tolist() == [1.0, 0.5]
+
+
+def test_best_prefix_prefers_the_shorter_on_ties():
+    assert best_prefix(torch.tensor([0.2, 0.7, 0.7, 0.5])) == 2
+    assert best_prefix(torch.tensor([0.9, 0.7])) == 1
+    assert best_prefix(torch.tensor([0.1, 0.2, 0.3])) == 3
+
+
+def test_holdout_indices_are_stratified_and_seed_fixed():
+    y = torch.arange(5).repeat_interleave(40)
+    idx = holdout_indices(y, 0.1, seed=3)
+    assert torch.bincount(y[idx], minlength=5).tolist() == [4] * 5
+    assert torch.equal(idx, holdout_indices(y, 0.1, seed=3)) and not torch.equal(idx, holdout_indices(y, 0.1, seed=4))
+    assert torch.equal(idx, idx.sort().values)
+
+
+def test_held_out_rows_are_replaced_by_the_batch_s_own_rows_in_order():
+    slice_ = HeldOutSlice(0.5)
+    slice_.mask = torch.tensor([False, True, False, True, True, False])
+    batch = Batch(inputs=torch.arange(6.0).view(6, 1), targets=torch.arange(6), indices=torch.arange(6))
+    out = slice_.filter(batch)
+    # held-out positions 1, 3, 4 take the kept rows 0, 2, 5 in order
+    assert out.indices.tolist() == [0, 0, 2, 2, 5, 5]
+    assert out.inputs.flatten().tolist() == [0.0, 0.0, 2.0, 2.0, 5.0, 5.0] and out.labels.tolist() == out.indices.tolist()
+    with pytest.raises(ConfigError):
+        HeldOutSlice(0.0)
+
+
+class _SeenIndices(Technique):
+    """Records the training indices each step really trains on (after the other batch transforms)."""
+
+    name = "seen-indices-spy"
+    order = 99
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[int] = set()
+
+    def transform_batch(self, batch, state):
+        self.seen.update(batch.indices.tolist())
+        return batch
+
+
+def _noisy_blobs_task() -> Task:
+    return Task("tiny-noisy-blobs", make_data=functools.partial(blobs, n_train=320, n_test=96, dim=8, classes=4),
+                make_model=functools.partial(build_model, "mlp"), model_kwargs={"width": 16, "depth": 1},
+                epochs=3, batch_size=32, lr=0.05, label_noise=0.4, noise_kind="symmetric-all")
+
+
+def test_holdout_k_is_the_best_prefix_on_clean_held_out_data():
+    from trainlab.tasks.loading import load_task_data
+
+    task = _noisy_blobs_task()
+    spy, ctrl_spy = _SeenIndices(), _SeenIndices()
+    nested = NestedDropoutTechnique(sigma=4.0, eval_k="holdout", holdout=0.2)
+    result = run_training(task, [nested, spy], seed=1, keep_state=True)
+    control = run_training(task, [HoldOutSliceTechnique(fraction=0.2), ctrl_spy], seed=1)
+    data = load_task_data(task, seed=1)
+    held = holdout_indices(data.clean_train_y, 0.2, seed=1)
+    assert torch.equal(nested.holdout.y, data.clean_train_y[held])        # clean labels, not the noisy ones
+    # neither arm ever trains on a held-out example, and both train on the same examples
+    assert not spy.seen & set(held.tolist()) and spy.seen == ctrl_spy.seen
+    assert len(spy.seen) == 320 - len(held)
+    # the chosen K is the best prefix of the final model on the held-out slice, recomputed here
+    # through the layer's own eval path (first k features kept) on a rebuilt copy of the model
+    fresh = NestedDropoutTechnique(sigma=4.0, eval_k=None)
+    model = fresh.prepare(task.make_model(data.input_shape, data.num_classes, **task.model_kwargs), task)
+    model.load_state_dict(result.state)
+    model.eval()
+    accs = []
+    for k in range(1, fresh.layer.num_features + 1):
+        fresh.layer.eval_k = k
+        accs.append((model(data.train_x[held]).argmax(1) == data.clean_train_y[held]).float().mean())
+    acc = torch.stack(accs)
+    assert result.epochs[-1]["nested_eval_k"] == best_prefix(acc) == nested.layer.eval_k
+    assert result.epochs[-1]["nested_holdout_acc"] == pytest.approx(acc.max().item())
+    assert result.epochs[-1]["nested_holdout_acc_all_k"] == pytest.approx(acc[-1].item())
+    with pytest.raises(ConfigError, match="holdout"):
+        NestedDropoutTechnique(eval_k="holdout", holdout=1.5)
