@@ -102,7 +102,8 @@ def test_markdown_content(results: list[ClaimResult], tmp_path: Path):
     md = write_report(results, tmp_path, provenance={"code_version": "abc123", "device": "cpu"})["markdown"].read_text()
     for r in results:
         assert r.claim["id"].replace("|", "\\|") in md
-    assert "| claim | technique | task | metric |" in md
+    assert "| claim (on task) | fidelity | metric | diff [95% CI] | outcome |" in md
+    assert "+1.8 pt [" in md  # accuracy differences in points, as on the console
     assert "Mixup improves generalization." in md
     assert "CIFAR-10, PreAct ResNet-18, 200 epochs" in md
     assert "+1.1% on CIFAR-10" in md
@@ -151,3 +152,31 @@ def test_matplotlib_untouched_by_import_and_backend_kept(tmp_path: Path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "svg"]
+
+
+def test_regime_fidelity_setting_and_fdr_are_reported(tmp_path: Path):
+    from trainlab.claims.claim import PaperSetting, Precondition
+
+    claim = Claim(id="mixup-small", technique="mixup", task="digits-mlp", metric="test_acc", direction="higher",
+                  treatment=arm("mixup"), paper_quote="Mixup improves generalization.",
+                  preconditions=(Precondition("train_acc", ">=", 0.99, why="the baseline overfits"),),
+                  paper_setting=PaperSetting(train_size=50_000, epochs=200, params=11_000_000, text="CIFAR-10"))
+    r = _result(claim, [0.90, 0.91, 0.92], [0.80, 0.81, 0.82])
+    r.outcome = "out of regime"
+    r.preconditions = [{**claim.preconditions[0].to_dict(), "per_seed": [0.70, 0.72, 0.71], "seeds": [0, 1, 2],
+                        "value": 0.71, "effective_threshold": 0.99, "passed": False, "reason": ""}]
+    r.fidelity = {"technique": "mixup", "level": "variant", "deviations": ["our own mixing schedule"], "evidence": ""}
+    r.setting = {"train_size": 1000, "epochs": 10, "params": 11_000}
+    r.task = "my-digits"
+    paths = write_report([r], tmp_path, fdr=0.05)
+    md = paths["markdown"].read_text()
+    assert "1 out of regime" in md and "0 contradicted" in md
+    assert "out of regime (interval alone: contradicted)" in md
+    assert "baseline mean train_acc 0.71 (needs >= 0.99; per seed 0.7, 0.72, 0.71): FAILED" in md
+    assert "not what was tested: this claim tests a variant" in md and "our own mixing schedule" in md
+    assert "mixup-small (on my-digits)" in md
+    # compute ratio: (1000 * 10 * 11e3) / (5e4 * 200 * 1.1e7) = 1e-6
+    assert "| 1e-06 |" in md
+    assert "Benjamini-Hochberg" in md and "Chance alone" in md
+    page = paths["html"].read_text()
+    assert 'class="v v-out-of-regime"' in page

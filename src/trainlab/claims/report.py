@@ -36,12 +36,19 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from trainlab.claims.claim import Arm
+from trainlab.claims.regime import describe_precondition
 from trainlab.claims.result import ClaimResult
+from trainlab.claims.stats import NOOP_RATE_PER_SIDE, benjamini_hochberg, decision_pvalue
 
 Block = tuple  # ("h", level, text) | ("p", text) | ("quote", text) | ("table", headers, rows) | ("img", file, alt)
 
-_VERDICTS = ("reproduced", "contradicted", "inconclusive", "failed")
-_COLORS = {"reproduced": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700", "failed": "#6e7781"}
+_VERDICTS = ("reproduced", "contradicted", "inconclusive", "out of regime", "degenerate", "failed")
+_COLORS = {"reproduced": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700", "out of regime": "#8250df",
+           "degenerate": "#bc4c00", "failed": "#6e7781"}
+
+
+def _css_name(verdict: str) -> str:
+    return verdict.replace(" ", "-")
 
 
 def write_report(
@@ -49,8 +56,12 @@ def write_report(
     out_dir: Path,
     title: str = "trainlab report",
     provenance: dict | None = None,
+    fdr: float | None = None,
 ) -> dict[str, Path]:
     """Write report.md, report.html and the PNG plots into `out_dir`; return their paths by name.
+
+    fdr: also judge the suite at this false-discovery rate (Benjamini-Hochberg over the claims'
+    one-sided p-values of their verdict boundaries), e.g. 0.05.
 
     Keys: "markdown", "html", "forest", "overhead", and "curves_<claim id>" for each claim that
     recorded per-epoch metrics.
@@ -70,7 +81,7 @@ def write_report(
             curve_files[i] = path
             paths[f"curves_{_claim_id(r, i)}"] = path
 
-    blocks = _build_blocks(results, title, provenance, curve_files, paths)
+    blocks = _build_blocks(results, title, provenance, curve_files, paths, fdr)
     paths["markdown"] = out_dir / "report.md"
     paths["markdown"].write_text(_render_markdown(blocks), encoding="utf-8")
     paths["html"] = out_dir / "report.html"
@@ -81,13 +92,16 @@ def write_report(
 # --------------------------------------------------------------------------------------- content
 
 def _build_blocks(results: Sequence[ClaimResult], title: str, provenance: dict | None,
-                  curve_files: dict[int, Path], paths: dict[str, Path]) -> list[Block]:
+                  curve_files: dict[int, Path], paths: dict[str, Path], fdr: float | None = None) -> list[Block]:
     blocks: list[Block] = [("h", 1, title)]
     counts = {v: sum(r.verdict == v for r in results) for v in _VERDICTS}
     blocks.append(("p", f"{len(results)} claim(s): " + ", ".join(f"{counts[v]} {v}" for v in _VERDICTS) + "."))
+    blocks.append(("p", _chance_sentence(results)))
     blocks.append(("p", _HOW_TO_READ))
     blocks.append(("h", 2, "Summary"))
     blocks.append(("table", _SUMMARY_HEADERS, [_summary_row(r, i) for i, r in enumerate(results)]))
+    if fdr is not None:
+        blocks.extend(_fdr_blocks(results, fdr))
     blocks.append(("img", paths["forest"].name, "mean paired difference per claim with its interval"))
     blocks.append(("img", paths["overhead"].name, "time and memory ratios per claim"))
     for i, r in enumerate(results):
@@ -97,43 +111,82 @@ def _build_blocks(results: Sequence[ClaimResult], title: str, provenance: dict |
 
 
 _HOW_TO_READ = (
-    "Each claim runs baseline and treatment on the same seeds; diff = treatment - baseline per seed, "
-    "in metric units. The interval is the union of a bootstrap interval (BCa, or percentile where BCa "
-    "is undefined) and the paired t interval of the mean difference. Reproduced: the interval lies "
-    "wholly on the claimed side of 0 and past min_effect. Contradicted: wholly on the other side of 0. "
-    "Parity claims with a non-inferiority margin m use -m as both boundaries. "
-    "Otherwise inconclusive. p-values (paired t, Wilcoxon signed-rank) and Cohen's d_z are secondary. "
-    "Overhead ratios are treatment / baseline."
+    "Each claim runs baseline and treatment on the same seeds; diff = treatment - baseline per seed "
+    "(accuracy in percentage points, pt). The interval is the union of a bootstrap interval (BCa, or "
+    "percentile where BCa is undefined) and the paired t interval of the mean difference. Reproduced: "
+    "the interval lies wholly on the claimed side of 0 and past min_effect. Contradicted: wholly on the "
+    "other side of 0. Parity claims with a non-inferiority margin m use -m as both boundaries. "
+    "Otherwise inconclusive. Out of regime: a precondition of the paper's mechanism (e.g. the baseline "
+    "overfits, or memorizes noisy labels) failed on these runs, so the interval does not test the paper. "
+    "Degenerate: every run of one arm collapsed (constant predictions or chance accuracy) while the "
+    "other learns. Every verdict is on this setting, usually far smaller than the paper's (see each "
+    "claim's 'paper vs this run'): 'contradicted at this scale' does not mean the paper is wrong. "
+    "Fidelity says how close the implementation is to the paper; a verdict on a variant or stand-in is a "
+    "verdict on that variant, not on the paper's method. Overhead ratios are treatment / baseline."
 )
 
-_SUMMARY_HEADERS = [
-    "claim", "technique", "task", "metric", "dir", "baseline", "treatment", "diff [CI]", "verdict",
-    "seeds", "p (t / W)", "d_z", "time x", "mem x", "paper",
-]
+_SUMMARY_HEADERS = ["claim (on task)", "fidelity", "metric", "diff [95% CI]", "outcome", "seeds", "time ×", "mem ×"]
+
+
+def _chance_sentence(results: Sequence[ClaimResult]) -> str:
+    decided = sum(r.analysis is not None for r in results)
+    expected = decided * NOOP_RATE_PER_SIDE
+    return (f"Chance alone: if every one of these {decided} analysed claims were a no-op, about {expected:.1f} "
+            f"would come out reproduced and {expected:.1f} contradicted (measured no-op rate "
+            f"{100 * NOOP_RATE_PER_SIDE:g}% per side at 5 seeds). Read single verdicts with that in mind.")
+
+
+def _fdr_blocks(results: Sequence[ClaimResult], q: float) -> list[Block]:
+    pvals = [decision_pvalue(r.treatment_values, r.baseline_values, r.claim.get("direction", "higher"),
+                             float(r.claim.get("min_effect") or 0.0), float(r.claim.get("margin") or 0.0))
+             if r.analysis is not None else float("nan") for r in results]
+    adjusted = benjamini_hochberg(pvals)
+    rows = []
+    for i, (r, p, adj) in enumerate(zip(results, pvals, adjusted)):
+        stands = r.verdict in ("reproduced", "contradicted") and math.isfinite(adj) and adj <= q
+        judged = r.verdict if stands or r.verdict not in ("reproduced", "contradicted") else "inconclusive"
+        rows.append([_claim_id(r, i), r.verdict, _p(p), _p(adj), judged])
+    kept = sum(row[4] in ("reproduced", "contradicted") for row in rows)
+    return [("h", 3, f"At a false-discovery rate of {q:g} (Benjamini-Hochberg)"),
+            ("p", f"One-sided paired t p-value of each claim's verdict boundary, adjusted over the {len(results)} "
+                  f"claims; a reproduced or contradicted verdict stands when its adjusted p <= {q:g}. "
+                  f"{kept} verdict(s) stand."),
+            ("table", ["claim", "outcome", "p", "BH-adjusted p", f"at FDR {q:g}"], rows)]
 
 
 def _summary_row(r: ClaimResult, i: int) -> list[str]:
     c, a = r.claim, r.analysis
     if a is None:
-        stats_cells = ["n/a"] * 3
-        seeds = f"0/{len(r.seeds)}"
-        p_cell = d_cell = "n/a"
+        diff, seeds = "n/a", f"0/{len(r.seeds)}"
     else:
-        stats_cells = [_num(a.mean_baseline), _num(a.mean_treatment), _diff_ci(a)]
-        seeds = f"{a.n}/{len(r.seeds)}"
-        p_cell = f"{_p(a.p_ttest)} / {_p(a.p_wilcoxon)}"
-        d_cell = _num(a.effect_size, 3)
+        diff, seeds = _diff_ci(a, c.get("metric", "")), f"{a.n}/{len(r.seeds)}"
+    time_ratio = _ratio(r.overhead.get("time_ratio"))
+    if time_ratio != "n/a" and r.overhead.get("time_ratio_reliable") is False or _busy(r.overhead):
+        time_ratio += " (busy machine: unreliable)"
     return [
-        _claim_id(r, i), str(c.get("technique", "")), str(c.get("task", "")), str(c.get("metric", "")),
-        str(c.get("direction", "")), *stats_cells, _verdict_cell(r), seeds, p_cell, d_cell,
-        _ratio(r.overhead.get("time_ratio")), _ratio(r.overhead.get("memory_ratio")),
-        str(c.get("paper_number", "")) or "n/a",
+        f"{_claim_id(r, i)} (on {_task(r)})", _fidelity_cell(r), str(c.get("metric", "")) + f" ({c.get('direction', '')})",
+        diff, _verdict_cell(r), seeds, time_ratio, _ratio(r.overhead.get("memory_ratio")),
     ]
 
 
+def _busy(o: dict) -> bool:
+    load, cores = o.get("load_average_1min"), o.get("cpu_count")
+    return bool(load is not None and cores and load > cores)
+
+
+def _task(r: ClaimResult) -> str:
+    return r.task or str(r.claim.get("task", ""))
+
+
+def _fidelity_cell(r: ClaimResult) -> str:
+    return (r.fidelity or {}).get("level") or "n/a"
+
+
 def _verdict_cell(r: ClaimResult) -> str:
-    if r.analysis is not None and r.analysis.seeds_needed is not None:
+    if r.verdict == "inconclusive" and r.analysis is not None and r.analysis.seeds_needed is not None:
         return f"{r.verdict} (~{r.analysis.seeds_needed} seeds)"
+    if r.verdict in ("out of regime", "degenerate") and r.analysis is not None:
+        return f"{r.verdict} (interval alone: {r.analysis.verdict})"
     return r.verdict
 
 
@@ -141,7 +194,8 @@ def _claim_blocks(r: ClaimResult, i: int, curves: Path | None) -> list[Block]:
     c, a = r.claim, r.analysis
     out: list[Block] = [("h", 2, f"{_claim_id(r, i)}: {r.verdict}")]
     facts = [
-        ("technique", c.get("technique", "")), ("task", c.get("task", "")),
+        ("technique", c.get("technique", "")), ("task", _task(r) + ("" if _task(r) == c.get("task") else
+                                                                      f" (the claim's own task: {c.get('task', '')})")),
         ("metric", f"{c.get('metric', '')} ({c.get('direction', '')} is better)"),
         ("treatment", _describe_arm(c.get("treatment"))), ("baseline", _describe_arm(c.get("baseline"))),
         ("min_effect", _num(c.get("min_effect", 0.0))),
@@ -151,26 +205,47 @@ def _claim_blocks(r: ClaimResult, i: int, curves: Path | None) -> list[Block]:
         facts.append(("task overrides", ", ".join(f"{k}={v}" for k, v in dict(c["overrides"]).items())))
     out.append(("table", ["", ""], [[k, str(v)] for k, v in facts]))
 
-    out.append(("h", 3, "What the paper says"))
+    out.extend(_fidelity_blocks(r))
+    level = (r.fidelity or {}).get("level")
+    tested_other = level in ("variant", "stand-in")
+    out.append(("h", 3, "What the paper says" + (f" (not what was tested: this claim tests a {level})" if tested_other else "")))
     out.append(("quote", c.get("paper_quote") or "(no quote recorded)"))
     out.append(("p", f"Paper's number: {c.get('paper_number') or 'n/a'}. "
                      f"Paper's scale: {c.get('paper_scale') or 'n/a'}."))
+    out.extend(_setting_blocks(r))
     if c.get("notes"):
         out.append(("p", f"Notes: {c['notes']}"))
+    out.extend(_regime_blocks(r))
 
     out.append(("h", 3, "Result"))
     if a is None:
         out.append(("p", "No analysis: the claim's runs did not produce comparable values."))
     else:
         level = f"{100 * a.ci_level:g}%"
-        text = (f"Mean difference {_num(a.mean_diff)} ({level} interval {_num(a.ci_low)} to {_num(a.ci_high)}, "
+        scale, unit = _scale(c.get("metric", ""))
+        text = (f"Baseline mean {_num(a.mean_baseline * scale)}{unit}, treatment mean {_num(a.mean_treatment * scale)}{unit}. "
+                f"Mean difference {_num(a.mean_diff * scale, signed=True)}{unit} ({level} interval "
+                f"{_num(a.ci_low * scale, signed=True)} to {_num(a.ci_high * scale, signed=True)}{unit}, "
                 f"{a.ci_method}) over {a.n} paired seed(s); paired t p = {_p(a.p_ttest)}, "
-                f"Wilcoxon p = {_p(a.p_wilcoxon)}, d_z = {_num(a.effect_size, 3)}. Verdict: {a.verdict}.")
+                f"Wilcoxon p = {_p(a.p_wilcoxon)}, d_z = {_num(a.effect_size, 3)}. Interval verdict: {a.verdict}.")
+        if r.verdict != a.verdict:
+            text += f" Outcome: {r.verdict} (see above): the interval is shown, but it is not a verdict on the paper."
         if a.seeds_needed is not None:
             text += f" About {a.seeds_needed} paired seeds would likely decide it."
         out.append(("p", text))
         if a.note:
             out.append(("p", f"Note: {a.note}"))
+
+    w = r.analysis_without_collapsed
+    if (r.collapse or {}).get("unpaired_collapse"):
+        text = (f"Collapsed run(s): seed(s) {r.collapse['unpaired_collapse']} collapsed in one arm while the paired "
+                "run learns. ")
+        if w is not None:
+            scale, unit = _scale(c.get("metric", ""))
+            text += (f"Without them: {w.verdict}, mean difference {_num(w.mean_diff * scale, signed=True)}{unit} "
+                     f"[{_num(w.ci_low * scale, signed=True)}, {_num(w.ci_high * scale, signed=True)}] over {w.n} seeds. "
+                     "Both are shown; which to believe is the reader's decision.")
+        out.append(("p", text))
 
     out.append(("h", 3, "Per-seed values"))
     rows = []
@@ -188,11 +263,63 @@ def _claim_blocks(r: ClaimResult, i: int, curves: Path | None) -> list[Block]:
                     [[arm_name, *(str(cnt.get(k, 0)) for k in keys)] for arm_name, cnt in r.status_counts.items()]))
     if r.overhead:
         out.append(("h", 3, "Overhead"))
+        if r.overhead.get("time_ratio_reliable") is False or _busy(r.overhead):
+            out.append(("p", "The time ratio was measured while the machine was busy (load average above its core "
+                             "count): it is unreliable."))
         out.append(("table", ["quantity", "value"], [[k, _overhead_value(v)] for k, v in _flatten(r.overhead)]))
     if curves is not None:
         out.append(("img", curves.name, f"learning curves of {_claim_id(r, i)}"))
     else:
         out.append(("p", "No per-epoch curves were recorded for this claim."))
+    return out
+
+
+def _fidelity_blocks(r: ClaimResult) -> list[Block]:
+    f = r.fidelity or {}
+    if not f:
+        return []
+    text = f"Fidelity of {f.get('technique', '')}: {f.get('level', 'n/a')}."
+    if f.get("evidence"):
+        text += f" Evidence: {f['evidence']}"
+    out: list[Block] = [("p", text)]
+    if f.get("deviations"):
+        out.append(("p", "Deviations from the paper: " + "; ".join(str(d) for d in f["deviations"])))
+    return out
+
+
+def _setting_blocks(r: ClaimResult) -> list[Block]:
+    paper = r.claim.get("paper_setting") or {}
+    ours = r.setting or {}
+    if not paper and not ours:
+        return []
+    rows = []
+    for key, label in (("train_size", "training examples"), ("epochs", "epochs"), ("params", "model parameters")):
+        rows.append([label, _num(paper.get(key), 6) if paper.get(key) else "n/a", _num(ours.get(key), 6)])
+    keys = ("train_size", "epochs", "params")
+    if all(paper.get(k) for k in keys) and all(ours.get(k) for k in keys):
+        ratio = np.prod([float(ours[k]) for k in keys]) / np.prod([float(paper[k]) for k in keys])
+        rows.append(["compute (examples x epochs x params), this run / paper", "", f"{ratio:.2g}"])
+    out: list[Block] = [("h", 3, "Paper vs this run"), ("table", ["", "paper", "this run"], rows)]
+    if paper.get("text"):
+        out.append(("p", f"Paper's setting: {paper['text']}"))
+    return out
+
+
+def _regime_blocks(r: ClaimResult) -> list[Block]:
+    out: list[Block] = []
+    if r.preconditions:
+        rows = []
+        for p in r.preconditions:
+            state = {True: "holds", False: "FAILED", None: "not evaluated"}[p.get("passed")]
+            rows.append([p.get("text", ""), p.get("why", ""), describe_precondition(p), state])
+        out += [("h", 3, "Regime preconditions"), ("table", ["precondition", "why", "measured", "state"], rows)]
+    collapse = r.collapse or {}
+    for arm_name in collapse.get("degenerate_arms", []):
+        detail = collapse.get("detail", {}).get(arm_name, {})
+        values = ", ".join(f"seed {s}: acc {_num(v[0], 3)}, top class {_num(v[1], 2)}" for s, v in detail.items())
+        out.append(("p", f"Degenerate arm: every {arm_name} run collapsed (constant predictions or chance accuracy) "
+                         f"while the other arm learns ({values}). The technique broke the model on this task; "
+                         "no verdict is given."))
     return out
 
 
@@ -269,15 +396,15 @@ def _md_cell(text: Any) -> str:
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;
 padding:0 1em;color:#1f2328;line-height:1.45}
-table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.88em}
-th,td{border:1px solid #d0d7de;padding:.25em .55em;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.88em;max-width:100%}
+th,td{border:1px solid #d0d7de;padding:.25em .55em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 th{background:#f6f8fa}
 tr:nth-child(even) td{background:#fbfcfd}
 blockquote{margin:.5em 0;padding:.3em 1em;border-left:4px solid #d0d7de;color:#57606a}
 img{max-width:100%;height:auto;display:block;margin:.6em 0 1.2em}
 h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:1.8em}
 .v{font-weight:600}
-""" + "".join(f".v-{v}{{color:{c}}}" for v, c in _COLORS.items())
+""" + "".join(f".v-{_css_name(v)}{{color:{c}}}" for v, c in _COLORS.items())
 
 
 def _render_html(blocks: Iterable[Block], title: str, out_dir: Path) -> str:
@@ -307,7 +434,9 @@ def _render_html(blocks: Iterable[Block], title: str, out_dir: Path) -> str:
 def _html_inline(text: str) -> str:
     """Escape, then colour verdict words so they stand out."""
     out = html.escape(str(text))
-    return re.sub(r"\b(" + "|".join(_VERDICTS) + r")\b", r'<span class="v v-\1">\1</span>', out)
+    return re.sub(r"\b(" + "|".join(_VERDICTS) + r")\b",
+                  lambda m: f'<span class="v v-{_css_name(m.group(1))}">{m.group(1)}</span>', out)
+
 
 
 def _anchor(text: str) -> str:
@@ -537,10 +666,18 @@ def _ratio(v: Any) -> str:
     return "n/a" if f is None else f"{f:.2f}"
 
 
-def _diff_ci(a) -> str:
+def _scale(metric: str) -> tuple[float, str]:
+    from trainlab.claims.runner import metric_scale
+
+    return metric_scale(metric)
+
+
+def _diff_ci(a, metric: str = "") -> str:
+    scale, unit = _scale(metric)
     if not (math.isfinite(a.ci_low) and math.isfinite(a.ci_high)):
-        return f"{_num(a.mean_diff, signed=True)} [n/a]"
-    return f"{_num(a.mean_diff, signed=True)} [{_num(a.ci_low)}, {_num(a.ci_high)}]"
+        return f"{_num(a.mean_diff * scale, 3, signed=True)}{unit} [n/a]"
+    return (f"{_num(a.mean_diff * scale, 3, signed=True)}{unit} "
+            f"[{_num(a.ci_low * scale, 3, signed=True)}, {_num(a.ci_high * scale, 3, signed=True)}]")
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:

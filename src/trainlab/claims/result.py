@@ -53,6 +53,8 @@ class ClaimResult:
     fidelity: dict[str, Any] = field(default_factory=dict)
     #: the task the runs used (a user's own task, or the claim's task)
     task: str = ""
+    #: this run's scale beside the paper's: {"train_size", "epochs", "params"} of the treatment arm
+    setting: dict[str, Any] = field(default_factory=dict)
 
     @property
     def verdict(self) -> str:

@@ -300,3 +300,52 @@ def _all_equal(d: np.ndarray) -> bool:
 
 def _mean_or_nan(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else float("nan")
+
+
+# ------------------------------------------------------------------------ many claims at once
+
+#: Share of no-op claims (identical arms up to seed noise) declared "reproduced" by the interval
+#: rule at 5 seeds, measured with `false_positive_rate` (20,000 simulated claims); by symmetry the
+#: same share is declared "contradicted". Used to say how many verdicts chance alone would give.
+NOOP_RATE_PER_SIDE = 0.025
+
+
+def decision_pvalue(treatment: Sequence[float], baseline: Sequence[float], direction: str,
+                    min_effect: float = 0.0, margin: float = 0.0) -> float:
+    """One-sided paired t p-value of the verdict's boundary, for false-discovery control.
+
+    In oriented units (positive = the claimed direction) the claim's two boundaries are
+    `above` (min_effect, or -margin) and `below` (0, or -margin). The p-value is the smaller of
+    P(mean > above is a fluke) and P(mean < below is a fluke): small when either verdict is
+    well supported. NaN with fewer than 2 finite pairs."""
+    sign = 1.0 if direction == "higher" else -1.0
+    t_arr, b_arr = np.asarray(treatment, float), np.asarray(baseline, float)
+    d = sign * (t_arr - b_arr)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return float("nan")
+    above, below = (-margin, -margin) if margin > 0.0 else (min_effect, 0.0)
+    if _all_equal(d):
+        m = float(d.mean())
+        return 0.0 if (m > above or m < below) else 1.0
+    p_up = float(stats.ttest_1samp(d, above, alternative="greater").pvalue)
+    p_down = float(stats.ttest_1samp(d, below, alternative="less").pvalue)
+    return min(p_up, p_down)
+
+
+def benjamini_hochberg(pvalues: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (NaN stays NaN and is not counted)."""
+    p = np.asarray(pvalues, float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m == 0:
+        return out.tolist()
+    vals = p[ok]
+    order = np.argsort(vals)
+    ranked = vals[order] * m / np.arange(1, m + 1)
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1.0)
+    res = np.empty(m)
+    res[order] = adjusted
+    out[ok] = res
+    return out.tolist()
