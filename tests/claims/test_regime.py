@@ -106,3 +106,90 @@ def test_outcome_order():
     assert outcome("reproduced", [{"passed": True}], {"degenerate_arms": []}) == "reproduced"
     assert math.isnan(evaluate_preconditions(_claim(Precondition("train_acc", ">=", 1)), {"baseline": []},
                                              {"baseline": 1, "treatment": 1})[0]["value"])
+
+
+# ------------------------------------------------------------------ end to end, through the harness
+
+class _Zero(__import__("torch").nn.Module):
+    def forward(self, x):
+        return x * 0.0
+
+
+def _halfspace_task():
+    import torch
+    from torch import nn
+
+    from trainlab import DataBundle, Task
+
+    def data():
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(400, 6, generator=g)
+        y = (x[:, 0] + x[:, 1] > 0).long()
+        return DataBundle(x[:300], y[:300], x[300:], y[300:], num_classes=2, name="halfspace")
+
+    def model(input_shape, num_classes, dead=False):
+        layers = [nn.Linear(input_shape[0], 16), nn.ReLU(), nn.Linear(16, num_classes)]
+        if dead:  # a "technique" that breaks the model: every logit 0, so one class is always predicted
+            layers.append(_Zero())
+        return nn.Sequential(*layers)
+
+    return Task("halfspace", make_data=data, make_model=model, epochs=3, batch_size=30, lr=0.1, weight_decay=0.0)
+
+
+def test_failed_precondition_gives_out_of_regime_with_values(tmp_path):
+    import trainlab
+    from trainlab.claims.runner import verdict_line
+
+    claim = Claim(id="u-regime", technique="none", task="blobs-mlp", metric="test_acc", direction="higher",
+                  treatment=arm(epochs=3), baseline=arm(epochs=1, lr=0.001), seeds=2,
+                  preconditions=(Precondition("train_acc", ">=", 1.01, why="impossible on purpose"),
+                                 Precondition("test_acc", ">=", 0.0, arm="treatment", over="min")))
+    result = trainlab.check(claim, task=_halfspace_task(), workers=1, overhead=False, store=tmp_path / "s.sqlite")
+    assert result.verdict == "out of regime"
+    assert result.statistical_verdict in ("reproduced", "inconclusive", "contradicted")
+    failed, holds = result.preconditions
+    assert failed["passed"] is False and len(failed["per_seed"]) == 2 and holds["passed"] is True
+    line = verdict_line(result)
+    assert "out of regime" in line and "needs >= 1.01" in line and "impossible on purpose" in line
+    assert "on halfspace" in line
+
+
+def test_a_treatment_that_breaks_the_model_is_degenerate_not_a_verdict(tmp_path):
+    import trainlab
+    from trainlab.claims.runner import verdict_line
+
+    claim = Claim(id="u-broken", technique="none", task="blobs-mlp", metric="test_acc", direction="higher",
+                  treatment=arm(model_kwargs={"dead": True}, label="broken model"), seeds=2)
+    result = trainlab.check(claim, task=_halfspace_task(), workers=1, overhead=False, store=tmp_path / "s.sqlite")
+    assert result.statistical_verdict == "contradicted"
+    assert result.collapse["degenerate_arms"] == ["treatment"]
+    assert result.verdict == "degenerate"
+    assert "degenerate: every treatment run collapsed" in verdict_line(result)
+
+
+def test_a_single_collapsed_seed_is_named_and_the_verdict_shown_without_it(tmp_path):
+    """Seed 1 of the baseline is broken (as a collapsed cross-entropy run would be): it is named,
+    and the verdict is computed with and without it."""
+    import trainlab
+    from trainlab.claims.runner import verdict_line
+
+    claim = Claim(id="u-one-collapsed", technique="placebo", task="blobs-mlp", metric="test_acc",
+                  direction="higher", treatment=arm("placebo"), seeds=3)
+    store = tmp_path / "s.sqlite"
+    result = trainlab.check(claim, task=_halfspace_task(), workers=1, overhead=False, store=store)
+    assert result.collapse["unpaired_collapse"] == []
+    # replace seed 1's baseline run in the store by a collapsed one (constant predictions)
+    import sqlite3
+    import json
+    con = sqlite3.connect(store)
+    key, final = con.execute("select run_key, final from runs where arm='baseline' and seed=1").fetchone()
+    final = json.loads(final)
+    final.update(test_acc=0.5, test_top_class_frac=1.0)
+    con.execute("update runs set final=? where run_key=?", (json.dumps(final), key))
+    con.commit()
+    con.close()
+    result = trainlab.check(claim, task=_halfspace_task(), workers=1, overhead=False, store=store)
+    assert result.collapse["unpaired_collapse"] == [1]
+    assert result.analysis.n == 3 and result.analysis_without_collapsed.n == 2
+    line = verdict_line(result)
+    assert "seed(s) [1] of the baseline arm collapsed" in line and "without them:" in line

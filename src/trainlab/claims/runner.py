@@ -14,6 +14,8 @@ import cloudpickle
 from trainlab.claims.claim import Arm, Claim
 from trainlab.claims.executors import get_executor
 from trainlab.claims.metrics import metric_value, validate
+from trainlab.claims.regime import (describe_precondition, evaluate_preconditions, failed_preconditions,
+                                   find_collapse, outcome)
 from trainlab.claims.result import ClaimResult
 from trainlab.claims.store import Store, run_key
 from trainlab.errors import ConfigError
@@ -50,9 +52,9 @@ def arm_task(claim: Claim, arm: Arm, task: Task | str | None = None) -> Task:
 def plan(claim: Claim, seeds: int | None = None, task: Task | str | None = None, device: str = "cpu",
          first_seed: int = 0) -> list[RunSpec]:
     validate(claim.metric)
-    n = seeds or claim.seeds
-    if n < 2:
-        raise ConfigError(f"a claim needs at least 2 seeds, got {n}")
+    n = claim.seeds if seeds is None else seeds  # seeds=0 is a mistake, not "the claim's default"
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ConfigError(f"a claim needs at least 2 seeds, got {n!r}")
     arms = {"baseline": claim.baseline, "treatment": claim.treatment}
     tasks = {name: arm_task(claim, a, task) for name, a in arms.items()}
     techs = {name: [(t, dict(s)) for t, s in a.techniques] for name, a in arms.items()}
@@ -69,9 +71,17 @@ ResultCallback = Callable[[RunSpec, RunResult, int, int], None]
 
 
 def execute(specs: Sequence[RunSpec], store: Store, executor: str = "local", workers: int | None = None,
-            address: str | None = None, on_result: ResultCallback | None = None) -> int:
+            address: str | None = None, on_result: ResultCallback | None = None,
+            on_note: Callable[[str], None] | None = None, poll_seconds: float = 2.0) -> int:
     """Run the specs not yet in the store; each result is stored as soon as it arrives.
-    Returns the number of runs executed."""
+
+    Several processes may run this on one store at once: each run is leased in the store right
+    before it starts (Store.lease), so no run is trained twice. A run another process is training
+    is waited for, and its stored result is passed to `on_result` like this process's own; a lease
+    left by a killed process is taken over and the run trained here. Returns the number of runs
+    this process trained."""
+    import time
+
     done = store.done_keys()
     todo, seen = [], set()
     for s in specs:
@@ -84,25 +94,81 @@ def execute(specs: Sequence[RunSpec], store: Store, executor: str = "local", wor
     kwargs: dict[str, Any] = {"workers": workers}
     if executor == "ray":
         kwargs["address"] = address
-    payloads = [cloudpickle.dumps(s) for s in todo]
-    for count, (i, result_dict) in enumerate(run(payloads, **kwargs), start=1):
-        spec, result = todo[i], RunResult.from_dict(result_dict)
-        store.add_run(spec.key, spec.config(), result, claim_id=spec.claim_id, arm=spec.arm)
+    since = time.time()  # a failed run stored after this was tried by a process running alongside
+    reported = 0
+    trained = 0
+
+    def report(spec: RunSpec, result: RunResult) -> None:
+        nonlocal reported
+        reported += 1
         if on_result is not None:
-            on_result(spec, result, count, len(todo))
-    return len(todo)
+            on_result(spec, result, reported, len(todo))
+
+    pending, noted = todo, False
+    with store.holding_leases():
+        while pending:
+            payloads = [cloudpickle.dumps(s) for s in pending]
+            batch = pending
+            stored: set[str] = set()
+            for i, result_dict in run(payloads, acquire=lambda i: store.lease(batch[i].key, since) == "claimed",
+                                      **kwargs):
+                spec, result = batch[i], RunResult.from_dict(result_dict)
+                store.add_run(spec.key, spec.config(), result, claim_id=spec.claim_id, arm=spec.arm)
+                stored.add(spec.key)
+                trained += 1
+                report(spec, result)
+            # what is left was refused: stored by another process meanwhile, or being trained there
+            pending = [s for s in batch if s.key not in stored]
+            while pending:
+                busy, mine = [], []
+                for s in pending:
+                    state = store.lease(s.key, since)
+                    if state == "done":
+                        report(s, _stored_result(store.get_run(s.key)))
+                    else:
+                        (mine if state == "claimed" else busy).append(s)
+                if mine:  # released or taken over (its process is gone): train them here
+                    pending = mine + busy
+                    break
+                pending = busy
+                if busy:
+                    if not noted and on_note is not None:
+                        on_note(_waiting_note(store, busy))
+                        noted = True
+                    time.sleep(poll_seconds)
+    return trained
+
+
+def _stored_result(row: dict[str, Any]) -> RunResult:
+    """A stored run as a RunResult (for runs another process trained)."""
+    return RunResult(status=row["status"], epochs=row["epochs"], final=row["final"] or {},
+                     time_per_step=row["time_per_step"] if row["time_per_step"] is not None else float("nan"),
+                     train_seconds=row["train_seconds"] or 0.0, peak_memory=row["peak_memory"] or 0,
+                     params=row["params"] or 0, trainable_params=row["trainable_params"] or 0,
+                     optimizer_state_bytes=row["optimizer_state_bytes"] or 0, diverged_step=row["diverged_step"],
+                     error=row["error"], data_fingerprint=row["data_fingerprint"] or "",
+                     provenance=row["provenance"] or {})
+
+
+def _waiting_note(store: Store, busy: Sequence[RunSpec]) -> str:
+    holders = sorted({f"pid {h['pid']} on {h['host']}" for h in map(store.lease_holder, (s.key for s in busy)) if h})
+    return (f"waiting for {len(busy)} runs that another process is training ({', '.join(holders) or 'just finished'}); "
+            "their results are read from the store")
 
 
 def collect(claim: Claim, specs: Sequence[RunSpec], store: Store, overhead: dict[str, Any] | None = None,
             n_resamples: int = 10_000) -> ClaimResult:
-    """Pair the stored runs by seed and analyze the claim's metric."""
+    """Pair the stored runs by seed, analyze the claim's metric, and judge what the verdict may
+    claim: the regime preconditions and collapsed (degenerate) arms (trainlab.claims.regime)."""
     from trainlab.claims.stats import analyze
 
     by_seed: dict[int, dict[str, dict[str, Any]]] = {}
+    rows_by_seed: dict[int, dict[str, dict[str, Any]]] = {}
     counts = {a: {"finished": 0, "diverged": 0, "failed": 0, "missing": 0, "censored": 0} for a in ARMS}
     curves: dict[str, list[list[dict[str, float]]]] = {a: [] for a in ARMS}
     provenance: dict[str, Any] = {"data_fingerprints": set(), "code_versions": set()}
     errors: list[str] = []
+    epochs = {s.arm: s.task.epochs for s in specs}
     for s in specs:
         row = store.get_run(s.key)
         if row is None:
@@ -115,6 +181,7 @@ def collect(claim: Claim, specs: Sequence[RunSpec], store: Store, overhead: dict
         value, censored = metric_value(claim.metric, row, s.task.epochs)
         counts[s.arm]["censored"] += int(censored)
         by_seed.setdefault(s.seed, {})[s.arm] = {"value": value}
+        rows_by_seed.setdefault(s.seed, {})[s.arm] = {**row, "seed": s.seed}
         curves[s.arm].append(row["epochs"])
         if row["data_fingerprint"]:
             provenance["data_fingerprints"].add(row["data_fingerprint"])
@@ -125,16 +192,54 @@ def collect(claim: Claim, specs: Sequence[RunSpec], store: Store, overhead: dict
     seeds = sorted(sd for sd, arms in by_seed.items() if len(arms) == 2)
     base = [by_seed[sd]["baseline"]["value"] for sd in seeds]
     treat = [by_seed[sd]["treatment"]["value"] for sd in seeds]
-    analysis = None
-    if len(seeds) >= 2:
-        analysis = analyze(treat, base, claim.direction, claim.min_effect, n_resamples=n_resamples,
-                           margin=claim.margin)
+
+    def run_analysis(keep: Sequence[int]):
+        if len(keep) < 2:
+            return None
+        return analyze([by_seed[sd]["treatment"]["value"] for sd in keep],
+                       [by_seed[sd]["baseline"]["value"] for sd in keep], claim.direction, claim.min_effect,
+                       n_resamples=n_resamples, margin=claim.margin)
+
+    analysis = run_analysis(seeds)
+    arm_rows = {a: [rows_by_seed[sd][a] for sd in sorted(rows_by_seed) if a in rows_by_seed[sd]] for a in ARMS}
+    checks = evaluate_preconditions(claim, arm_rows, epochs)
+    collapse = find_collapse(claim, {sd: rows_by_seed[sd] for sd in seeds})
+    without = None
+    if collapse["unpaired_collapse"]:
+        without = run_analysis([sd for sd in seeds if sd not in collapse["unpaired_collapse"]])
     provenance = {k: sorted(v) if isinstance(v, set) else v for k, v in provenance.items()}
     if errors:
         provenance["errors"] = errors[:10]
+    task_name = specs[0].task.name if specs else claim.task
+    setting: dict[str, Any] = {}
+    for sd in seeds:  # the treatment arm's scale, from its first stored run
+        row = rows_by_seed[sd]["treatment"]
+        setting = {"train_size": (row.get("provenance") or {}).get("train_size"),
+                   "epochs": epochs.get("treatment"), "params": row.get("params")}
+        break
     return ClaimResult(claim=claim.to_dict(), seeds=seeds, baseline_values=base, treatment_values=treat,
                        analysis=analysis, curves=curves, overhead=overhead or {}, status_counts=counts,
-                       provenance=provenance)
+                       provenance=provenance, outcome=outcome(analysis.verdict if analysis else None, checks, collapse),
+                       preconditions=checks, collapse=collapse, analysis_without_collapsed=without,
+                       fidelity=technique_fidelity(claim), task=task_name, setting=setting)
+
+
+def technique_fidelity(claim: Claim) -> dict[str, Any]:
+    """The fidelity of the claim's technique: of the treatment arm's techniques, the least
+    faithful one (a verdict is only as close to the paper as its least faithful part)."""
+    from trainlab.techniques.registry import get_technique
+    from trainlab.training.technique import FIDELITY_LEVELS
+
+    levels = []
+    for name, _ in claim.treatment.techniques:
+        cls = get_technique(name)
+        if cls.fidelity:
+            levels.append((FIDELITY_LEVELS.index(cls.fidelity) if cls.fidelity in FIDELITY_LEVELS else -1, cls))
+    if not levels:
+        return {}
+    _, cls = max(levels, key=lambda x: x[0] if x[0] != FIDELITY_LEVELS.index("control") else -1)
+    return {"technique": cls.name, "level": cls.fidelity, "deviations": list(cls.deviations),
+            "evidence": cls.fidelity_evidence}
 
 
 def measure_claim_overhead(claim: Claim, task: Task | str | None = None, device: str = "cpu") -> dict[str, Any]:
@@ -147,28 +252,56 @@ def measure_claim_overhead(claim: Claim, task: Task | str | None = None, device:
 
 
 def verdict_line(result: ClaimResult) -> str:
-    """e.g. `adamp-digits: reproduced  +0.8 pt test_acc [95% CI +0.3, +1.4], 10 seeds, overhead 1.06x time, 1.00x memory`"""
+    """One line per claim, e.g.
+    `adamp-digits on digits-cnn: reproduced  +0.8 pt test_acc [95% CI +0.3, +1.4], 10 seeds, overhead ...`;
+    an out-of-regime or degenerate outcome says why, with the measured values."""
     c, a = result.claim, result.analysis
+    name = c["id"] + (f" on {result.task}" if result.task and result.task != c.get("task") else "")
+    fid = result.fidelity.get("level") if result.fidelity else None
+    if fid in ("variant", "stand-in"):
+        tag = f" [this {fid} of {result.fidelity['technique']}, not the paper's method]"
+    else:
+        tag = f" [fidelity: {fid}]" if fid and fid != "control" else ""
     if a is None:
         counts = result.status_counts
-        return f"{c['id']}: failed  (runs finished: {counts})"
+        return f"{name}: failed  (runs finished: {counts})"
     scale, unit = metric_scale(c["metric"])
-    level = int(round(a.ci_level * 100))
-    text = (f"{c['id']}: {a.verdict}  {a.mean_diff * scale:+.{_digits(scale)}f}{unit} {c['metric']} "
-            f"[{level}% CI {a.ci_low * scale:+.{_digits(scale)}f}, {a.ci_high * scale:+.{_digits(scale)}f}], "
-            f"{a.n} seeds")
+    text = f"{name}: {result.verdict}{tag}  {_interval_text(a, c['metric'], scale, unit)}, {a.n} seeds"
+    if result.verdict in ("out of regime", "degenerate"):
+        text += f" (interval alone: {a.verdict}; not a verdict)"
     o = result.overhead
     if o.get("time_ratio") is not None:
         text += f", overhead {o['time_ratio']:.2f}x time, {o['memory_ratio']:.2f}x memory"
         load, cores = o.get("load_average_1min"), o.get("cpu_count")
         if load is not None and cores and load > cores:
             text += f" (timed with load {load:.1f} on {cores} cores: time ratio unreliable)"
-    if a.verdict == "inconclusive" and a.seeds_needed:
+    if result.verdict == "inconclusive" and a.seeds_needed:
         text += f" (about {a.seeds_needed} seeds would likely decide)"
     diverged = {arm: n["diverged"] for arm, n in result.status_counts.items() if n.get("diverged")}
     if diverged:
         text += f"; diverged runs: {diverged}"
+    for check in failed_preconditions(result.preconditions):
+        text += f"\n  out of regime: {describe_precondition(check)}" + (f" [{check['why']}]" if check.get("why") else "")
+    collapse = result.collapse or {}
+    for arm in collapse.get("degenerate_arms", []):
+        accs = ", ".join(f"seed {sd} acc {v[0]:.3f} top-class {v[1]:.2f}" for sd, v in collapse["detail"][arm].items())
+        text += (f"\n  degenerate: every {arm} run collapsed (constant predictions or chance accuracy) while the "
+                 f"other arm learns ({accs}): the technique broke the model on this task")
+    if collapse.get("unpaired_collapse"):
+        seeds = collapse["unpaired_collapse"]
+        arms = [arm for arm, sds in collapse["collapsed"].items() if set(sds) & set(seeds)]
+        text += f"\n  collapsed run(s): seed(s) {seeds} of the {'/'.join(arms)} arm collapsed while the paired run learns"
+        w = result.analysis_without_collapsed
+        text += (f"; without them: {w.verdict} {_interval_text(w, c['metric'], scale, unit)}, {w.n} seeds"
+                 if w is not None else "; too few seeds remain without them for an interval")
     return text
+
+
+def _interval_text(a: Any, metric: str, scale: float, unit: str) -> str:
+    level = int(round(a.ci_level * 100))
+    dg = _digits(scale)
+    return (f"{a.mean_diff * scale:+.{dg}f}{unit} {metric} "
+            f"[{level}% CI {a.ci_low * scale:+.{dg}f}, {a.ci_high * scale:+.{dg}f}]")
 
 
 def metric_scale(metric: str) -> tuple[float, str]:
