@@ -10,6 +10,8 @@
 - `modular_arithmetic`: the algorithmic task of Power et al., "Grokking: Generalization Beyond
   Overfitting on Small Algorithmic Datasets", 2022, arXiv:2201.02177.
 - `synthetic_sequence`: "which token occurs most often?", a task that needs attention.
+- `stdlib_text`: character-level language modelling on the Python standard library's own source
+  files (not classification: next-character targets per position).
 
 Nothing here touches the network except `download`, which only the `trainlab data download`
 command calls. Decoded arrays are cached under `user_cache_dir()` (never inside the package), and
@@ -81,7 +83,7 @@ def user_cache_dir() -> Path:
 
 def clear_memory_cache() -> None:
     """Forget the in-process copies (the on-disk cache stays)."""
-    for fn in (_digits, _mnist1d, _cifar10, _mnist, _modular_arithmetic, _synthetic_sequence):
+    for fn in (_digits, _mnist1d, _cifar10, _mnist, _modular_arithmetic, _synthetic_sequence, _stdlib_text):
         fn.cache_clear()
 
 
@@ -730,3 +732,73 @@ def _majority_sequences(n: int, seq_len: int, vocab: int, rng: np.random.Generat
     np.add.at(counts, (np.arange(n)[:, None], x), 1)
     return x, counts.argmax(1)
 
+
+
+# --------------------------------------------------------------------------- character-level text
+
+#: Characters of the character-level vocabulary: tab, newline and printable ASCII. Id 0 stands for
+#: any other character, so the vocabulary has len(TEXT_CHARS) + 1 = 98 ids.
+TEXT_CHARS = "\t\n" + "".join(chr(c) for c in range(32, 127))
+TEXT_VOCAB_SIZE = len(TEXT_CHARS) + 1
+#: Standard-library source files read by `stdlib_text`: fixed lists (train, test), so the corpus is
+#: the same on every machine with the same Python version (files that a Python lacks are skipped,
+#: and the fingerprint of every run records the exact text).
+STDLIB_TRAIN_FILES = ("textwrap.py", "string.py", "heapq.py", "calendar.py", "shlex.py", "queue.py", "fnmatch.py",
+                      "glob.py", "copy.py", "sched.py", "bisect.py", "colorsys.py", "abc.py", "random.py")
+STDLIB_TEST_FILES = ("fractions.py",)
+
+
+def encode_text(text: str) -> torch.Tensor:
+    """Characters -> ids in [0, TEXT_VOCAB_SIZE): TEXT_CHARS[i] -> i + 1, anything else -> 0."""
+    table = np.zeros(128, np.int64)
+    table[[ord(c) for c in TEXT_CHARS]] = np.arange(1, len(TEXT_CHARS) + 1)
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    ids = np.where(codes < 128, table[np.minimum(codes, 127)], 0)
+    return torch.from_numpy(ids)
+
+
+def decode_text(ids: torch.Tensor) -> str:
+    """Ids -> characters (id 0 becomes "?")."""
+    chars = "?" + TEXT_CHARS
+    return "".join(chars[int(i)] for i in ids.reshape(-1))
+
+
+def stdlib_text(seq_len: int = 64, train_files: Sequence[str] = STDLIB_TRAIN_FILES,
+                test_files: Sequence[str] = STDLIB_TEST_FILES, stdlib_dir: str | None = None) -> DataBundle:
+    """Character-level language modelling on the Python standard library's own source files
+    (read from `sysconfig.get_paths()["stdlib"]`, always present, nothing downloaded).
+
+    The train files and the test files are concatenated separately and cut into non-overlapping
+    windows of seq_len + 1 characters: inputs are a window's first seq_len ids [N, seq_len] (long),
+    targets the next character at each position [N, seq_len] (long). Not a classification task
+    (num_classes=None): the task gives its own loss and metrics (trainlab.tasks.language)."""
+    if seq_len < 2:
+        raise ConfigError(f"stdlib_text: seq_len must be >= 2, got {seq_len}")
+    if not train_files or not test_files or set(train_files) & set(test_files):
+        raise ConfigError("stdlib_text: give non-empty, disjoint lists of train and test files")
+    return _fresh(_stdlib_text(int(seq_len), tuple(train_files), tuple(test_files), stdlib_dir))
+
+
+@functools.lru_cache(maxsize=2)
+def _stdlib_text(seq_len: int, train_files: tuple[str, ...], test_files: tuple[str, ...],
+                 stdlib_dir: str | None) -> DataBundle:
+    import sysconfig
+
+    root = Path(stdlib_dir or sysconfig.get_paths()["stdlib"])
+    splits, used = [], {}
+    for names in (train_files, test_files):
+        texts = []
+        for name in names:
+            path = root / name
+            if path.is_file():
+                texts.append(path.read_text(encoding="utf-8"))
+                used[name] = len(texts[-1])
+        ids = encode_text("\n".join(texts))
+        n = (len(ids) - 1) // (seq_len + 1)
+        if n < 1:
+            raise DataError(f"stdlib_text: none of {', '.join(names)} could be read under {root}")
+        windows = ids[:n * (seq_len + 1)].reshape(n, seq_len + 1)
+        splits.append((windows[:, :-1].contiguous(), windows[:, 1:].contiguous()))
+    (train_x, train_y), (test_x, test_y) = splits
+    info = {"vocab_size": TEXT_VOCAB_SIZE, "seq_len": seq_len, "files": used, "stdlib_dir": str(root)}
+    return DataBundle(train_x, train_y, test_x, test_y, num_classes=None, name="stdlib-text", info=info)

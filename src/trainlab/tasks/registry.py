@@ -38,6 +38,17 @@ def _task(name: str, data: str, model: str, **fields: Any) -> Task:
     return Task(name=name, make_data=functools.partial(_data, data), make_model=functools.partial(_model, model), **fields)
 
 
+def _stdlib_lm_task() -> Task:
+    from trainlab.tasks.language import char_gru, lm_evaluate, lm_loss
+
+    return Task(name="stdlib-char-gru", make_data=functools.partial(_data, "stdlib_text"), make_model=char_gru,
+                loss_fn=lm_loss, evaluate=lm_evaluate, epochs=4, batch_size=64, optimizer="adam", lr=3e-3,
+                weight_decay=0.0, schedule="cosine", data_kwargs={"seq_len": 64},
+                model_kwargs={"embed": 32, "hidden": 128},
+                description="next-character prediction on Python standard-library source files, 1-layer GRU, "
+                            "Adam; not classification: reports test_ppl (perplexity) and test_bits_per_char")
+
+
 TASKS: dict[str, Task] = {t.name: t for t in [
     _task("blobs-mlp", "blobs", "mlp", epochs=4, batch_size=32, lr=0.05, weight_decay=0.0,
           model_kwargs={"width": 32, "depth": 2},
@@ -69,6 +80,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
           lr=1e-3, weight_decay=0.01, schedule="cosine", warmup_epochs=1,
           model_kwargs={"vocab_size": 8, "dim": 64, "depth": 2, "heads": 4},
           description="synthetic sequence classification needing attention, 2-layer transformer"),
+    _stdlib_lm_task(),
 ]}
 
 

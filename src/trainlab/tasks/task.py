@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -31,9 +32,12 @@ from trainlab.errors import ConfigError
 
 @dataclass
 class DataBundle:
-    """A classification dataset held in memory as tensors.
+    """A dataset held in memory as tensors.
 
-    train_x/test_x: float inputs, any shape [N, ...]. train_y/test_y: long class indices [N].
+    train_x/test_x: inputs, any shape [N, ...]. train_y/test_y: targets, one per input.
+    Classification (num_classes given): targets are integer class indices [N] (torch.long).
+    Any other task (num_classes=None: regression, multi-label, segmentation, language modelling):
+    targets are any tensors [N, ...]; the Task then gives its own `loss_fn` (and `evaluate`).
     clean_train_y: the labels before any label noise was applied (for analysis), or None.
     """
 
@@ -41,20 +45,42 @@ class DataBundle:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    num_classes: int
+    num_classes: int | None = None
     name: str = "data"
     clean_train_y: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for part in ("train_x", "train_y", "test_x", "test_y"):
+            if not isinstance(getattr(self, part), torch.Tensor):
+                raise ConfigError(f"data '{self.name}': {part} must be a torch.Tensor, got {type(getattr(self, part)).__name__}")
         if len(self.train_x) != len(self.train_y) or len(self.test_x) != len(self.test_y):
             raise ConfigError(f"data '{self.name}': inputs and labels differ in length")
+        if self.num_classes is None:
+            return
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, numbers.Integral) or self.num_classes < 1:
+            raise ConfigError(f"data '{self.name}': num_classes must be a whole number >= 1 or None, got {self.num_classes!r}")
+        self.num_classes = int(self.num_classes)
         if self.train_y.dtype != torch.long or self.test_y.dtype != torch.long:
-            raise ConfigError(f"data '{self.name}': labels must be integer class indices (torch.long)")
+            raise ConfigError(f"data '{self.name}': labels must be integer class indices (torch.long); for "
+                              f"other targets give num_classes=None and a loss_fn on the Task")
+        if self.train_y.dim() != 1 or self.test_y.dim() != 1:
+            raise ConfigError(f"data '{self.name}': class labels must have shape [N] (got {list(self.train_y.shape)}); "
+                              f"for other targets give num_classes=None and a loss_fn on the Task")
+
+    @property
+    def is_classification(self) -> bool:
+        """True when targets are integer class indices (num_classes given)."""
+        return self.num_classes is not None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        """The shape of one target ([] for a class index)."""
+        return tuple(self.train_y.shape[1:])
 
     def fingerprint(self) -> str:
         """A short hash of the exact tensors, so results can be tied to their data."""
@@ -71,9 +97,18 @@ class Task:
     """Data + model + training budget.
 
     make_data(**data_kwargs) -> DataBundle
-    make_model(input_shape, num_classes, **model_kwargs) -> nn.Module
+    make_model(input_shape, num_classes, **model_kwargs) -> nn.Module (num_classes is None for a
+        task that is not classification)
+    loss_fn(outputs, targets) -> scalar tensor: the training loss. None: cross-entropy on class
+        indices (with label_smoothing). Required when the data is not classification.
+    evaluate(model, x, y) -> {"metric": value, ...}: the test metrics, called after every epoch
+        with the model in eval mode under torch.no_grad, and the test inputs and targets (CPU
+        tensors; move batches to the model's device, see trainlab.training.metrics.batched_outputs).
+        Keys are stored with a "test_" prefix ("ppl" -> "test_ppl"), so claims can name them.
+        None: loss, accuracy, calibration error for classification; the mean of loss_fn otherwise.
     Data wrappers (train_subset, label_noise, noise_kind, imbalance, shift) are applied by
-    trainlab.tasks.wrappers after make_data, so they work for any task.
+    trainlab.tasks.wrappers after make_data, so they work for any task (label noise and
+    imbalance need class labels, shift needs images or signals).
     """
 
     name: str
@@ -103,6 +138,8 @@ class Task:
     shift: str | None = None        # None | "rotate" | "invert": evaluate on a shifted test domain
     description: str = ""
     suite_seconds: float | None = None  # measured time of one run here, for planning
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    evaluate: Callable[..., Mapping[str, float]] | None = None
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> "Task":
         """A copy with some fields replaced; dict fields (data_kwargs, model_kwargs) are merged."""
@@ -119,7 +156,7 @@ class Task:
         return dataclasses.replace(self, **changes)
 
     def budget(self) -> dict[str, Any]:
-        skip = {"make_data", "make_model", "description", "suite_seconds"}
+        skip = {"make_data", "make_model", "description", "suite_seconds", "loss_fn", "evaluate"}
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
 
 

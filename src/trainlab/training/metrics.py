@@ -62,3 +62,65 @@ def noisy_label_fit(model: torch.nn.Module, x: torch.Tensor, noisy_y: torch.Tens
         "train_clean_acc": float((pred == clean_y).float().mean()),
         "train_memorized": float((pred[flipped] == noisy_y[flipped]).float().mean()) if flipped.any() else 0.0,
     }
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model without any)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def batched_outputs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1024):
+    """Yield (outputs, targets) batch by batch, inputs and targets moved to the model's device:
+    the building block of a task's own `evaluate(model, x, y)`. Call it under torch.no_grad()."""
+    device = model_device(model)
+    for i in range(0, len(x), batch_size):
+        out = model(x[i:i + batch_size].to(device))
+        yield out, (y[i:i + batch_size].to(device) if y is not None else None)
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, batch_size: int) -> float:
+    """The mean of loss_fn over the examples (each batch's mean loss weighted by its size)."""
+    total, n = 0.0, 0
+    for out, target in batched_outputs(model, x, y, batch_size):
+        total += float(loss_fn(out, target)) * len(target)
+        n += len(target)
+    return total / max(n, 1)
+
+
+def evaluate_task(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, task, device: torch.device,
+                  classification: bool) -> dict[str, float]:
+    """The test metrics of a task (without the "test_" prefix): the task's own `evaluate` when it
+    gives one; else loss, accuracy, calibration and the top-class share for classification; else
+    the mean of the task's loss_fn as "loss"."""
+    from trainlab.errors import ConfigError
+
+    if task.evaluate is None:
+        if classification:
+            return evaluate(model, x, y, task.eval_batch_size, device)
+        was_training = model.training
+        model.eval()
+        try:
+            return {"loss": mean_loss(model, x, y, task.loss_fn, task.eval_batch_size)}
+        finally:
+            model.train(was_training)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = task.evaluate(model, x, y)
+    finally:
+        model.train(was_training)
+    if not isinstance(out, dict) or not out:
+        raise ConfigError(f"task '{task.name}': evaluate must return a dict of metric name -> number, got {out!r:.80}")
+    metrics: dict[str, float] = {}
+    for k, v in out.items():
+        try:
+            metrics[str(k)] = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"task '{task.name}': evaluate returned a non-number for '{k}': {v!r:.60}") from None
+    return metrics

@@ -145,9 +145,21 @@ class Technique:
     incompatible_with: ClassVar[frozenset[str]] = frozenset()
     #: True if the technique needs sample indices or other Trainer features; informational
     summary: ClassVar[str] = ""
+    #: what the task must offer (trainlab.training.requirements): "classification", "spatial",
+    #: "images", "conv", "norm_layers"; checked before training, so a misfit is refused in one line
+    requires: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, **settings: Any) -> None:
         self._settings = dict(settings)
+
+    @classmethod
+    def check_applicable(cls, task: Any, data: Any, model: nn.Module | None) -> str | None:
+        """Why this technique cannot run on this task (its DataBundle and freshly built model; model
+        None = not built yet), or None when it can. The default checks `requires`; override it for
+        other needs. The reason follows the technique's name: "needs image inputs ..."."""
+        from trainlab.training.requirements import unmet
+
+        return unmet(cls.requires, task, data, model)
 
     def settings(self) -> dict[str, Any]:
         return dict(self._settings)

@@ -26,7 +26,7 @@ from trainlab.tasks.loading import load_task_data
 from trainlab.tasks.task import Task
 from trainlab.training import distributed
 from trainlab.training.checkpoint import load_checkpoint, save_checkpoint
-from trainlab.training.metrics import evaluate, noisy_label_fit
+from trainlab.training.metrics import evaluate_task, noisy_label_fit
 from trainlab.training.optim import build_optimizer, build_scheduler
 from trainlab.training.provenance import provenance
 from trainlab.training.result import RunResult
@@ -67,6 +67,8 @@ def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
 
 
 def _loss_fn(task: Task) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if task.loss_fn is not None:  # the task's own loss (regression, multi-label, language modelling, ...)
+        return task.loss_fn
     smoothing = task.label_smoothing
 
     def base_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -134,12 +136,25 @@ def setup_run(task: Task | str, techniques: Sequence[TechniqueLike] = (), seed: 
     check_labels(task, data)
     if task.epochs < 1 or task.batch_size < 1:
         raise ConfigError(f"task '{task.name}': epochs and batch_size must be >= 1")
+    if not data.is_classification and task.loss_fn is None:
+        raise ConfigError(f"task '{task.name}': its data has no classes (num_classes=None); give the Task a loss_fn "
+                          f"(and an evaluate for its metrics)")
+    if task.loss_fn is not None and task.label_smoothing:
+        raise ConfigError(f"task '{task.name}': label_smoothing applies to the built-in cross-entropy only, "
+                          f"not to the task's own loss_fn")
     if task.batch_size % dist.world_size:
         raise ConfigError(f"batch size {task.batch_size} is not divisible by {dist.world_size} processes")
 
     torch.manual_seed(seed)
     model = check_model(task.name, call_user(task.make_model, "make_model", task.name, data.input_shape,
                                              data.num_classes, **dict(task.model_kwargs)), task.make_model)
+    if isinstance(model, nn.Module):
+        from trainlab.training.requirements import technique_unmet
+
+        for t in techs:
+            reason = technique_unmet(t, task, data, model)
+            if reason:
+                raise ConfigError(f"task '{task.name}': {reason}")
     for t in techs:
         model = t.prepare(model, task)
     model.to(device)
@@ -213,6 +228,7 @@ def run_training(
     timing = _Timing()
     status, diverged_step = "finished", None
     train_x, train_y = data.train_x, data.train_y
+    classification = data.is_classification  # train_acc only for class labels
     bar = _progress_bar(progress and dist.is_main, task, start_epoch)
     try:
         for epoch in range(start_epoch, task.epochs):
@@ -239,7 +255,8 @@ def run_training(
                 timing.step_seconds.append(time.perf_counter() - t0)
                 loss_sum += float(loss.detach()) * len(idx)
                 seen += len(idx)
-                correct += int((outputs.detach().argmax(1) == batch.labels).sum())
+                if classification:
+                    correct += int((outputs.detach().argmax(1) == batch.labels).sum())
                 if bar is not None:
                     bar.advance(epoch, b + 1, steps_per_epoch, loss_sum / max(seen, 1))
             if status == "diverged":
@@ -269,7 +286,7 @@ def run_training(
     final = dict(history[-1]) if history else {}
     if status == "diverged":
         final = {"epoch": len(history), "train_loss": float("nan"), "test_loss": float("nan"),
-                 "chance_acc": 1.0 / data.num_classes,
+                 **({"chance_acc": 1.0 / data.num_classes} if data.is_classification else {}),
                  **{k: v for k, v in _evaluate_all(model, data, task, device).items()
                     if k.endswith("acc") or k.endswith("top_class_frac")}}
     for t in techs:
@@ -279,7 +296,7 @@ def run_training(
         train_seconds=sum(timing.step_seconds), peak_memory=_peak_memory(device),
         params=sum(p.numel() for p in model.parameters()), trainable_params=sum(p.numel() for p in params),
         optimizer_state_bytes=_optimizer_state_bytes(optimizer), diverged_step=diverged_step,
-        data_fingerprint=data.fingerprint(), provenance=provenance(device, dist.world_size),
+        data_fingerprint=data.fingerprint(), provenance={**provenance(device, dist.world_size), "train_size": n_train},
         state={k: v.detach().clone() for k, v in model.state_dict().items()} if keep_state else None,
     )
 
@@ -311,20 +328,59 @@ def train_step(model: nn.Module, train_model: nn.Module, techs: Sequence[Techniq
     return loss, outputs, batch
 
 
+def dry_run(task: Task | str, techniques: Sequence[TechniqueLike] = (), device: str | torch.device = "cpu",
+            test_examples: int = 256) -> dict[str, float]:
+    """One training step on the first batch, the epoch-end hooks, and one evaluation on the first
+    `test_examples` test examples: proves that a task and techniques run together before any real
+    run is started, and returns the epoch row such a run reports (its keys are the metrics a claim
+    can name). Raises what the run would raise."""
+    run = setup_run(task, techniques, 0, device)
+    task, data, state = run.task, run.data, run.state
+    n = min(task.batch_size, len(data.train_y))
+    idx = torch.arange(n)
+    for t in run.techniques:
+        t.on_train_start(run.model, run.optimizer, state)
+    batch = Batch(inputs=data.train_x[idx].to(state.device), targets=data.train_y[idx].to(state.device),
+                  indices=idx.to(state.device))
+    loss, outputs, batch = train_step(run.model, run.train_model, run.techniques, run.optimizer, run.scheduler,
+                                      state, batch, run.params)
+    correct = int((outputs.detach().argmax(1) == batch.labels).sum()) if data.is_classification else 0
+    for t in run.techniques:
+        t.on_epoch_end(run.model, state)
+    head = _head(data, n, test_examples)
+    return _epoch_row(0, run.model, head, task, state.device, state, float(loss.detach()) * n if loss is not None
+                      else float("nan"), correct, n, run.optimizer, 0.0)
+
+
+def _head(data, n_train: int, n_test: int):
+    """The data's first examples (views, nothing copied), for a dry run."""
+    import dataclasses
+
+    info = dict(data.info)
+    if info.get("source_test_x") is not None:
+        info["source_test_x"] = info["source_test_x"][:n_test]
+    clean = data.clean_train_y[:n_train] if data.clean_train_y is not None else None
+    return dataclasses.replace(data, train_x=data.train_x[:n_train], train_y=data.train_y[:n_train],
+                               test_x=data.test_x[:n_test], test_y=data.test_y[:n_test], clean_train_y=clean, info=info)
+
+
 def _evaluate_all(model: nn.Module, data, task: Task, device: torch.device) -> dict[str, float]:
-    out = {f"test_{k}": v for k, v in evaluate(model, data.test_x, data.test_y, task.eval_batch_size, device).items()}
+    out = {f"test_{k}": v for k, v in evaluate_task(model, data.test_x, data.test_y, task, device,
+                                                     data.is_classification).items()}
     source_x = data.info.get("source_test_x")
     if source_x is not None:  # a shifted target domain: also report the source domain
-        src = evaluate(model, source_x, data.test_y, task.eval_batch_size, device)
-        out["source_test_acc"] = src["acc"]
+        src = evaluate_task(model, source_x, data.test_y, task, device, data.is_classification)
+        out.update({f"source_test_{k}": v for k, v in src.items() if k == "acc" or not data.is_classification})
     return out
 
 
 def _epoch_row(epoch, model, data, task, device, state, loss_sum, correct, seen, optimizer, seconds) -> dict[str, float]:
-    row: dict[str, float] = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
-                             "train_acc": correct / max(seen, 1)}
+    row: dict[str, float] = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)}
+    if data.is_classification:
+        row["train_acc"] = correct / max(seen, 1)
     row.update(_evaluate_all(model, data, task, device))
-    row["chance_acc"] = 1.0 / data.num_classes
+    if data.is_classification:
+        row["chance_acc"] = 1.0 / data.num_classes
     if data.clean_train_y is not None:  # label noise: record memorization (for regime preconditions)
         row.update(noisy_label_fit(model, data.train_x, data.train_y, data.clean_train_y, task.eval_batch_size, device))
     row["lr"] = float(optimizer.param_groups[0]["lr"])
@@ -360,13 +416,14 @@ class _progress_bar:
                              total=steps, info=f"loss {loss:.4f}")
 
     def epoch_done(self, row: dict[str, float]) -> None:
-        extra = "".join(f"  {k} {v:.4g}" for k, v in row.items()
-                        if k not in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "test_ece", "lr", "train_seconds",
-                                      "chance_acc", "test_top_class_frac"))
+        main = [("train_loss", "train_loss"), ("train_acc", "train_acc"), ("test_loss", "test_loss"),
+                ("test_acc", "test_acc"), ("test_ece", "ece")]
+        shown = {"epoch", "lr", "train_seconds", "chance_acc", "test_top_class_frac"} | {k for k, _ in main}
+        parts = [f"{label} {row[k]:.4f}" for k, label in main if k in row]
+        parts += [f"{k} {v:.4g}" for k, v in row.items() if k not in shown]
         self.progress.console.print(
-            f"epoch {int(row['epoch']):3d}/{self.task.epochs}  train_loss {row['train_loss']:.4f}  "
-            f"train_acc {row['train_acc']:.4f}  test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}  "
-            f"ece {row['test_ece']:.4f}  lr {row['lr']:.3g}  {row['train_seconds']:.1f}s{extra}"
+            f"epoch {int(row['epoch']):3d}/{self.task.epochs}  {'  '.join(parts)}  lr {row['lr']:.3g}  "
+            f"{row['train_seconds']:.1f}s"
         )
 
     def close(self) -> None:

@@ -192,6 +192,7 @@ class BNOnly(Technique):
     )
     modifies = frozenset({"weights"})
     summary = "freeze all weights at init; train only BatchNorm's gamma and beta"
+    requires = frozenset({"norm_layers"})
 
     def __init__(self, train_output_layer: bool = False) -> None:
         super().__init__(train_output_layer=train_output_layer)

@@ -136,6 +136,7 @@ class AdaMixUp(Technique):
     order = 20
     incompatible_with = frozenset({"mixup", "cutmix"})
     summary = "mixup with learned per-pair mixing ratios and an intrusion discriminator"
+    requires = frozenset({"classification"})
 
     def __init__(self, hidden: int = 100, noise: bool = True) -> None:
         super().__init__(hidden=hidden, noise=noise)

@@ -94,6 +94,7 @@ class CutMix(Technique):
     order = 20
     incompatible_with = frozenset({"mixup", "adamixup"})
     summary = "paste a random box from another image and mix the labels by area"
+    requires = frozenset({"classification", "spatial"})
 
     def __init__(self, alpha: float = 1.0, prob: float = 1.0) -> None:
         if alpha <= 0:

@@ -117,6 +117,7 @@ class DecoupledMixup(Technique):
     modifies = frozenset({"loss_objective"})
     order = 60
     summary = "mixup loss plus a decoupled-softmax regularizer that mines hard mixed samples"
+    requires = frozenset({"classification"})
 
     def __init__(self, eta: float = 0.1, lam_power: float = 0.0, mode: str = "both") -> None:
         if eta < 0:

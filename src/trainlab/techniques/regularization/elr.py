@@ -98,6 +98,7 @@ class ELR(Technique):
     modifies = frozenset({"loss_objective"})
     order = 60
     summary = "regularize towards a temporal ensemble of the model's own predictions (noisy labels)"
+    requires = frozenset({"classification"})
 
     def __init__(self, beta: float = 0.7, lam: float = 3.0) -> None:
         if not 0.0 <= beta < 1.0:

@@ -134,6 +134,7 @@ class Mixup(Technique):
     order = 20
     incompatible_with = frozenset({"cutmix", "adamixup"})
     summary = "train on convex combinations of example pairs and their labels"
+    requires = frozenset({"classification"})
 
     def __init__(self, alpha: float = 1.0) -> None:
         if alpha < 0:

@@ -146,6 +146,7 @@ class OrthogonalConv(Technique):
     modifies = frozenset({"loss"})
     order = 70
     summary = "regularize every convolution towards orthogonality (L_orth of Achour et al.)"
+    requires = frozenset({"conv"})
 
     def __init__(self, lam: float = 0.1) -> None:
         if lam < 0:
@@ -181,6 +182,7 @@ class ConvSpectrum(Technique):
     fidelity = "control"  # a measuring probe (changes nothing); its singular values are tested against the explicit matrix
     modifies = frozenset()
     summary = "probe: log mean |sigma - 1|, max and min singular values of the conv layers"
+    requires = frozenset({"conv"})
 
     def __init__(self) -> None:
         super().__init__()

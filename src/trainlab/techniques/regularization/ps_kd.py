@@ -95,6 +95,7 @@ class PSKD(Technique):
     modifies = frozenset({"batch", "loss_objective"})
     order = 10  # before mixing policies, so that mixup mixes the PS-KD targets
     summary = "progressive self-distillation: targets mixed with the model's last-epoch predictions"
+    requires = frozenset({"classification"})
 
     def __init__(self, alpha_T: float = 0.8) -> None:
         if not 0.0 <= alpha_T <= 1.0:
