@@ -155,3 +155,27 @@ def test_permute_transform_changes_targets_and_labels():
     assert torch.equal(out.targets, segment_labels(y, 1, 4, "permute", 3)) and out.labels is out.targets
     with pytest.raises(ConfigError):
         PermutedLabelSequence(mode="shuffle")
+
+
+def test_control_without_projection_inserts_the_same_norms_and_leaves_weights_free():
+    from trainlab.tasks.task import Task
+
+    task = Task("t", make_data=lambda: None, make_model=lambda *a: None, epochs=2)
+    nap, control = NormalizeAndProject(), NormalizeAndProject(project=False)
+    assert "weights" in nap.modifies and "weights" not in control.modifies and "model" in control.modifies
+    a, b = nap.prepare(_mlp(), task), control.prepare(_mlp(), task)
+    assert control.projector is None and control.state_dict() == {}
+    assert [type(m) for m in a.modules()] == [type(m) for m in b.modules()]  # same architecture, same init
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert na == nb and torch.equal(pa, pb)
+    w0 = b[1].weight.norm().item()
+    opt = torch.optim.SGD(b.parameters(), lr=0.5)
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(b(torch.randn(16, 6)), torch.randint(0, 3, (16,))).backward()
+        opt.step()
+        control.after_step(b, opt, TrainState())  # a no-op: nothing is projected
+    # scale-invariant weights grow under plain gradient steps (the ELR decay the projection removes)
+    assert b[1].weight.norm().item() > w0 * 1.001
+    with pytest.raises(ConfigError):
+        NormalizeAndProject(project="no")

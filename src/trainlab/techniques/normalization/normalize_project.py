@@ -48,7 +48,11 @@ What this implementation does:
   1e-6 (relative factors ~1.6e-5 and 1.6e-3, the defaults here). ``lr_schedule="task"`` keeps the
   task's own schedule.
 
-The task sequence for the claim comes from the ``permuted-label-sequence`` technique (used in both
+* ``project=False`` keeps the inserted normalization (and the removed biases) but never projects:
+  the control "LayerNorm, no projection", which separates the projection's effect from that of the
+  normalization it comes with (the paper compares both on its plasticity benchmarks).
+
+The task sequence for the claims comes from the ``permuted-label-sequence`` technique (used in both
 arms): every ``segment_epochs`` epochs the labels are re-permuted (a new class permutation) or, with
 ``mode="random"``, re-drawn at random per example (the paper's memorization benchmark). At each
 epoch end it logs ``seq_acc``, the accuracy on the whole training set under the current labels (eval
@@ -79,7 +83,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from trainlab.claims.claim import Claim, arm
+from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
 from trainlab.errors import ConfigError
 from trainlab.techniques.normalization.bn_only import is_norm_layer
 from trainlab.techniques.registry import register
@@ -202,16 +206,19 @@ class NormalizeAndProject(Technique):
     name = "normalize-and-project"
     family = "normalization"
     paper = PAPER
+    fidelity = "faithful"  # no official code was found; norm insertion, projection and schedule follow the text
     modifies = frozenset({"model", "weights"})
     order = 80  # project after other techniques' after_step updates
     summary = "LayerNorm before nonlinearities + weights projected to their initial norm each step"
 
     def __init__(self, insert_norms: bool = True, project_output: bool = False, affine: str = "joint",
                  lr_schedule: str = "task", segment_epochs: int | None = None, warmup_fraction: float = 0.05,
-                 init_factor: float = 1.6e-5, end_factor: float = 1.6e-3) -> None:
+                 init_factor: float = 1.6e-5, end_factor: float = 1.6e-3, project: bool = True) -> None:
         super().__init__(insert_norms=insert_norms, project_output=project_output, affine=affine,
                          lr_schedule=lr_schedule, segment_epochs=segment_epochs, warmup_fraction=warmup_fraction,
-                         init_factor=init_factor, end_factor=end_factor)
+                         init_factor=init_factor, end_factor=end_factor, project=project)
+        if not isinstance(project, bool):
+            raise ConfigError(f"normalize-and-project: project must be true or false, got {project!r}")
         if affine not in ("joint", "none"):
             raise ConfigError(f"normalize-and-project: affine must be 'joint' or 'none', got {affine!r}")
         if lr_schedule not in ("task", "cosine-restarts"):
@@ -221,11 +228,13 @@ class NormalizeAndProject(Technique):
                               "(the task length in epochs)")
         if not 0.0 <= warmup_fraction < 1.0:
             raise ConfigError(f"normalize-and-project: warmup_fraction must be in [0, 1), got {warmup_fraction}")
-        self.insert_norms, self.project_output, self.affine = insert_norms, project_output, affine
+        self.insert_norms, self.project_output, self.affine, self.project = insert_norms, project_output, affine, project
+        if not project:  # the control "normalization, no projection" leaves the weights alone
+            self.modifies = frozenset(self.modifies - {"weights"})
         self.lr_schedule, self.segment_epochs = lr_schedule, segment_epochs
         self.warmup_fraction, self.init_factor, self.end_factor = warmup_fraction, init_factor, end_factor
         if lr_schedule != "task":  # the schedule is this technique's only when it sets one
-            self.modifies = frozenset(type(self).modifies | {"schedule"})
+            self.modifies = frozenset(self.modifies | {"schedule"})
         self.projector: WeightNormProjector | None = None
         self._pending: Mapping[str, Any] | None = None
 
@@ -234,8 +243,8 @@ class NormalizeAndProject(Technique):
         if inserted == 0 and not any(is_norm_layer(m) for m in model.modules()):
             raise ConfigError("normalize-and-project: the model has no normalization layer and none could be "
                               "inserted (no Linear/Conv -> activation inside an nn.Sequential)")
-        self.projector = WeightNormProjector(model, self.project_output, self.affine)
-        if self._pending is not None:
+        self.projector = WeightNormProjector(model, self.project_output, self.affine) if self.project else None
+        if self._pending is not None and self.projector is not None:
             self.projector.load_state_dict(self._pending)
             self._pending = None
         return model
@@ -283,6 +292,7 @@ class PermutedLabelSequence(Technique):
     name = "permuted-label-sequence"
     family = "normalization"
     paper = PAPER
+    fidelity = "control"  # the benchmark's task sequence, used in every arm; not the paper's method
     modifies = frozenset({"batch"})
     order = 5  # change the labels before any other batch transform sees them
     summary = "diagnostic task sequence: labels re-permuted (or re-randomized) every k epochs"
@@ -350,35 +360,93 @@ _QUOTE = ("\"ensuring that the effective learning rate remains constant througho
 _SEQUENCE = {"epochs": 30, "weight_decay": 0.0, "schedule": "constant"}
 _NUMBER = "iterated random-label CIFAR-10: plain networks' accuracy on new labels falls over resets, NaP's does not"
 _SCALE = "CIFAR-10 random-label memorization, 200 label resets, 20M steps; sequential Atari"
+_SETTING = PaperSetting(text="iterated random-label memorization of CIFAR-10 images (200 label resets, 20M steps, "
+                             "Adam 1e-4), plus sequential and single-task Atari (Rainbow, 20M frames a game); here "
+                             "the digits data (or 256 of its images) with a 2-layer, 128-wide MLP")
+_NAP = ("normalize-and-project", {})
+#: the control: the same LayerNorms inserted (and biases removed), weights never projected
+_LN_ONLY = ("normalize-and-project", {"project": False})
+#: the paper's main plasticity benchmark: every 15 epochs each of 256 training images gets a fresh random label
+#: (12 tasks), Adam 1e-3, batch 32; metric: accuracy on the current labels at the end of the last task
+_RANDOM = ("permuted-label-sequence", {"segment_epochs": 15, "mode": "random"})
+_RANDOM_SEQUENCE = {"epochs": 180, "weight_decay": 0.0, "schedule": "constant", "train_subset": 256,
+                    "batch_size": 32, "optimizer": "adam", "lr": 1e-3}
+_MEMORIZES = Precondition("max:seq_end_acc", ">=", 0.8, arm="baseline", over="min",
+                          why="the baseline memorizes the random labels of some task (the benchmark measures how "
+                              "well that ability lasts)")
+_LOSES_PLASTICITY = Precondition("max:seq_end_acc - seq_end_acc", ">=", 0.03, arm="baseline", over="mean",
+                                 why="the baseline loses plasticity: its end-of-task accuracy on the last task is "
+                                     "below its best earlier one")
 
 CLAIMS = [
     Claim(
+        id="nap-random-labels-digits", technique="normalize-and-project", task="digits-mlp",
+        metric="seq_end_acc", direction="higher",
+        treatment=arm(_RANDOM, _NAP, label="NaP (LayerNorm + projection)"),
+        baseline=arm(_RANDOM, _LN_ONLY, label="LayerNorm, no projection"),
+        overrides=_RANDOM_SEQUENCE, paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
+        paper_setting=_SETTING, preconditions=(_MEMORIZES, _LOSES_PLASTICITY), seeds=5, suites=("full",),
+        notes="The paper's benchmark, iterated random-label memorization, against the control that separates the "
+              "projection from the normalization it comes with: 12 tasks of 15 epochs on 256 digits images, each "
+              "task a fresh random label per image (the same labels in both arms of a seed).",
+    ),
+    Claim(
+        id="nap-random-labels-vs-plain-digits", technique="normalize-and-project", task="digits-mlp",
+        metric="seq_end_acc", direction="higher",
+        treatment=arm(_RANDOM, _NAP, label="NaP (LayerNorm + projection)"),
+        baseline=arm(_RANDOM, label="plain MLP (no normalization)"),
+        overrides=_RANDOM_SEQUENCE, paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
+        paper_setting=_SETTING, preconditions=(_MEMORIZES, _LOSES_PLASTICITY), seeds=5, suites=("full",),
+        notes="As nap-random-labels-digits against the unnormalized MLP: normalization and projection together. "
+              "Shares the NaP runs.",
+    ),
+    Claim(
         id="nap-plasticity-digits", technique="normalize-and-project", task="digits-mlp",
         metric="seq_end_acc", direction="higher",
-        treatment=arm(_SEQ, "normalize-and-project", label="NaP (LayerNorm + projection)"),
-        baseline=arm(_SEQ, label="plain MLP"),
-        overrides=_SEQUENCE, paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
+        treatment=arm(_SEQ, _NAP, label="NaP (LayerNorm + projection)"),
+        baseline=arm(_SEQ, label="plain MLP (no normalization)"),
+        overrides=_SEQUENCE, paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING,
         seeds=5, suites=("full",),
-        notes="Class labels re-permuted every 3 epochs (10 tasks, SGD+momentum); metric: training accuracy on the "
-              "last task's labels at its end.",
+        notes="LayerNorm + projection together against no normalization. Class labels re-permuted every 3 epochs "
+              "(10 tasks, SGD+momentum); metric: training accuracy on the last task's labels at its end. The "
+              "projection's own share: nap-projection-digits.",
+    ),
+    Claim(
+        id="nap-projection-digits", technique="normalize-and-project", task="digits-mlp",
+        metric="seq_end_acc", direction="higher",
+        treatment=arm(_SEQ, _NAP, label="NaP (LayerNorm + projection)"),
+        baseline=arm(_SEQ, _LN_ONLY, label="LayerNorm, no projection"),
+        overrides=_SEQUENCE, paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING,
+        seeds=5, suites=("full",),
+        notes="The control for nap-plasticity-digits (same NaP runs): the same LayerNorms without the projection.",
     ),
     Claim(
         id="nap-plasticity-digits-adam", technique="normalize-and-project", task="digits-mlp",
         metric="mean:seq_end_acc", direction="higher",
-        treatment=arm(_SEQ, "normalize-and-project", label="NaP (LayerNorm + projection)"),
-        baseline=arm(_SEQ, label="plain MLP"),
+        treatment=arm(_SEQ, _NAP, label="NaP (LayerNorm + projection)"),
+        baseline=arm(_SEQ, label="plain MLP (no normalization)"),
         overrides={**_SEQUENCE, "optimizer": "adam", "lr": 1e-3}, paper_quote=_QUOTE, paper_number=_NUMBER,
-        paper_scale=_SCALE, seeds=5, suites=("full",),
+        paper_scale=_SCALE, paper_setting=_SETTING, seeds=5, suites=("full",),
         notes="As nap-plasticity-digits with Adam (the paper's optimizer); metric: mean over the 10 tasks of the "
-              "accuracy at each task's end.",
+              "accuracy at each task's end. LayerNorm + projection against no normalization; the control is "
+              "nap-projection-digits-adam.",
+    ),
+    Claim(
+        id="nap-projection-digits-adam", technique="normalize-and-project", task="digits-mlp",
+        metric="mean:seq_end_acc", direction="higher",
+        treatment=arm(_SEQ, _NAP, label="NaP (LayerNorm + projection)"),
+        baseline=arm(_SEQ, _LN_ONLY, label="LayerNorm, no projection"),
+        overrides={**_SEQUENCE, "optimizer": "adam", "lr": 1e-3}, paper_quote=_QUOTE, paper_number=_NUMBER,
+        paper_scale=_SCALE, paper_setting=_SETTING, seeds=5, suites=("full",),
+        notes="The control for nap-plasticity-digits-adam (same NaP runs): the same LayerNorms without the projection.",
     ),
     Claim(
         id="nap-schedule-digits", technique="normalize-and-project", task="digits-mlp",
         metric="seq_end_acc", direction="higher",
         treatment=arm(_SEQ, ("normalize-and-project", {"lr_schedule": "cosine-restarts", "segment_epochs": 3}),
                       label="NaP + warm-up/cosine restarted per task"),
-        baseline=arm(_SEQ, label="plain MLP"),
-        overrides=_SEQUENCE, paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
+        baseline=arm(_SEQ, label="plain MLP (no normalization)"),
+        overrides=_SEQUENCE, paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING,
         seeds=5, suites=("full",),
         notes="NaP with the paper's sequential-task schedule (warm-up then cosine, restarted at each task).",
     ),
