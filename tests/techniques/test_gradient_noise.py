@@ -107,3 +107,46 @@ def test_trainer_run_is_deterministic_and_differs_from_baseline() -> None:
     for k in a.state:
         assert torch.equal(a.state[k], b.state[k])
     assert any(not torch.equal(a.state[k], base.state[k]) for k in a.state)
+
+
+def test_deep_mlp_claims_use_the_papers_mnist_setting() -> None:
+    """Section 4.1: 20 hidden ReLU layers of 50 units, weights N(0, 0.1^2) ("Simple Init"), plain SGD
+    without momentum at a fixed lr of 0.1, no weight decay, no clipping, eta 0.01 and gamma 0.55."""
+    from trainlab.claims.runner import arm_task
+    from trainlab.techniques.gradients.gradient_noise import CLAIMS
+    from trainlab.training.optim import build_optimizer
+
+    for claim in CLAIMS:
+        assert dict(claim.treatment.techniques) == {"gradient-noise": {"eta": 0.01}}
+        assert GradientNoise(**claim.treatment.techniques[0][1]).gamma == 0.55
+        for side in (claim.baseline, claim.treatment):
+            task = arm_task(claim, side)
+            assert (task.optimizer, task.lr, task.momentum, task.weight_decay) == ("sgd", 0.1, 0.0, 0.0)
+            assert task.schedule == "constant" and task.grad_clip is None
+            torch.manual_seed(0)
+            model = task.make_model((1, 8, 8), 10, **dict(task.model_kwargs))
+            linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+            assert [m.out_features for m in linears] == [50] * 20 + [10]
+            assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 20
+            hidden = torch.cat([m.weight.flatten() for m in linears[1:-1]])
+            assert hidden.std().item() == pytest.approx(0.1, rel=0.02) and abs(hidden.mean().item()) < 0.002
+            assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in linears)
+            opt = build_optimizer(task, model.parameters())
+            assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.0
+        assert [p.describe() for p in claim.preconditions] == [
+            "treatment max best:test_acc >= chance + 0.1", "baseline min best:test_acc <= chance + 0.1"]
+
+
+def test_noise_random_walk_on_the_weights_matches_the_schedule() -> None:
+    # With zero gradients, SGD at lr moves each weight by lr * N(0, sigma_t^2) per step: after T steps its
+    # std is lr * sqrt(sum_t eta / (1 + t)^gamma) (the estimate the claims' notes use).
+    lr, eta, steps = 0.1, 0.01, 400
+    p = nn.Parameter(torch.zeros(50_000))
+    opt = torch.optim.SGD([p], lr=lr)
+    noise = AnnealedGradientNoise(eta, 0.55, torch.Generator().manual_seed(1))
+    noise.attach(opt)
+    for _ in range(steps):
+        p.grad = torch.zeros_like(p)
+        opt.step()
+    expected = lr * math.sqrt(sum(noise_variance(t, eta) for t in range(steps)))
+    assert p.detach().std().item() == pytest.approx(expected, rel=0.02)

@@ -11,8 +11,14 @@ standard gradient descent, even starting from a poor initialization", and "The t
 helps to avoid overfitting, but also can result in lower training loss." The paper measured it on
 MNIST with a 20-layer, 50-unit-wide ReLU network, on End-To-End Memory Networks, Neural Programmer,
 Neural Random Access Machines and Neural GPUs (7,000 random restarts for binary multiplication).
-Here: the same deep narrow shape (20 x 50, poor N(0, 0.01^2) initialization) on 8x8 digits for a
-few epochs; the algorithmic tasks are not reproduced.
+The MNIST setting (Section 4.1, Table 1): 20 hidden layers of 50 ReLU units, SGD without momentum
+at a fixed learning rate of 0.1 or 0.01, no weight decay, eta = 0.01, weights drawn from N(0, 0.1^2)
+("Simple Init"); Experiment 1 without gradient clipping (best / average test accuracy over 40 runs:
+89.9% / 43.1% without noise, 96.7% / 52.7% with it), Experiments 2-3 with clipping at 100 and 10
+(the gap closes at 10), Experiments 4-5 with a good ReLU initialization (no gain), Experiment 6 from
+all-zero weights (11.4% without noise, 94.5% best with it). Here: the same network, optimizer and
+initialization on 8x8 digits (64 inputs, 1,437 training images) for a small step budget; the
+algorithmic tasks are not reproduced.
 
 Two ways to use it:
 
@@ -45,7 +51,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from trainlab.claims.claim import Claim, arm
+from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
 from trainlab.errors import ConfigError
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Paper, Technique, TrainState
@@ -131,6 +137,9 @@ class GradientNoise(Technique):
     modifies = frozenset({"gradients"})
     order = 60
     summary = "adds N(0, eta/(1+t)^0.55) noise to every gradient"
+    # The paper's schedule and noise exactly (Section 3, Eq. 1); no official code was found. In the Trainer
+    # the noise is added after backward and before gradient clipping (the paper does not state the order).
+    fidelity = "faithful"
 
     def __init__(self, eta: float = 0.3, gamma: float = 0.55) -> None:
         _check(eta, gamma)
@@ -144,29 +153,54 @@ class GradientNoise(Technique):
 
 _QUOTE = ("This method alone allows a fully-connected 20-layer deep network to be trained with standard gradient "
           "descent, even starting from a poor initialization.")
-_NUMBER = ("a 72% relative reduction in error rate on a question-answering task and a doubling of the number of "
-           "accurate binary multiplication models across 7,000 random restarts (abstract); MNIST 20-layer results "
-           "in the paper's table were not compared here")
+_NUMBER = ("MNIST, 20 x 50 ReLU net from Simple Init, no clipping (Table 1, Experiment 1): best / average test "
+           "accuracy over 40 runs 89.9% / 43.1% without noise, 96.7% / 52.7% with noise (eta 0.01)")
 _SCALE = "MNIST, 20 hidden layers x 50 units; Memory Networks, Neural Programmer, NRAM, Neural GPU"
-# deep narrow MLP with a poor initialization (weights N(0, 0.01^2), zero biases), SGD as in the task
-_DEEP = {"model_kwargs": {"depth": 20, "width": 50, "init": "normal"}, "epochs": 15}
-
+_SETTING = PaperSetting(
+    train_size=60_000, params=88_210,
+    text="MNIST (784 inputs), 20 hidden ReLU layers x 50 units, SGD without momentum at fixed lr 0.1 or 0.01, "
+         "weights N(0, 0.1^2), eta 0.01, gamma 0.55, no gradient clipping in Experiment 1; 20 runs per lr; "
+         "epochs and batch size not stated")
+# The paper's Section 4.1 setting on 8x8 digits: 20 x 50 ReLU MLP, weights N(0, 0.1^2) and zero biases,
+# plain SGD (no momentum, no weight decay) at the fixed lr 0.1, no gradient clipping. 30 epochs of batch 64
+# is 660 steps. From this init each ReLU layer scales the signal by about 0.1 * sqrt(50 / 2) = 0.5, so the
+# input-dependent part of the output is about 1e-6 of the input, and the gradients of the weights are as
+# small: plain SGD hardly moves. The noise is a random walk on the weights, lr * sqrt(sum_t eta / (1+t)^0.55):
+# it raises their std from 0.1 to about 0.13 after 2,500 steps (measured 0.131), and would reach the
+# ReLU-critical std for width 50 (sqrt(2/50) = 0.2) only after about 5e4 steps.
+_DEEP = {"model_kwargs": {"depth": 20, "width": 50, "init": "normal", "init_std": 0.1}, "epochs": 30,
+         "batch_size": 64, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0,
+         "schedule": "constant", "grad_clip": None}
+_REGIME = (
+    Precondition("best:test_acc", ">=", 0.1, arm="treatment", over="max", relative_to="chance",
+                 why="the deep net is trainable at this budget: with noise it learns (10 points above chance) in "
+                     "at least one seed. If no arm learns, the comparison says nothing about the paper's claim. "
+                     "(A baseline that learns while the noisy arm never does would also land here; the per-seed "
+                     "values show it.)"),
+    Precondition("best:test_acc", "<=", 0.1, arm="baseline", over="min", relative_to="chance",
+                 why="the initialization is poor for plain SGD at this budget: it fails (stays within 10 points of "
+                     "chance) in at least one seed, as in the paper's Simple Init runs (average 43%); from a good "
+                     "initialization the paper finds no gain"),
+)
+_NOTES = ("The paper's MNIST setting on 8x8 digits (see _DEEP in the module): 20 x 50 ReLU MLP, weights "
+          "N(0, 0.1^2), zero biases, SGD lr 0.1 without momentum or weight decay, constant lr, no clipping, eta "
+          "0.01, 30 epochs of batch 64 (660 steps; the paper's step count is not stated). ")
 CLAIMS = [
     Claim(
         id="gradient-noise-deep-mlp-trains", technique="gradient-noise", task="digits-mlp", metric="best:test_acc",
         direction="higher", treatment=arm(("gradient-noise", {"eta": 0.01}), label="SGD + noise (eta 0.01)"),
         baseline=arm(label="SGD"), overrides=_DEEP, min_effect=0.05, seeds=5, suites=("quick", "full"),
-        paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
-        notes="Success of a 20-layer, 50-wide ReLU MLP from a poor N(0, 0.01^2) init on 8x8 digits: best test "
-              "accuracy over epochs (an untrained net stays near 10%).",
+        paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING,
+        preconditions=_REGIME,
+        notes=_NOTES + "Metric: best test accuracy over epochs (an untrained net stays near 10%).",
     ),
     Claim(
         id="gradient-noise-deep-mlp-loss", technique="gradient-noise", task="digits-mlp", metric="train_loss",
         direction="lower", treatment=arm(("gradient-noise", {"eta": 0.01}), label="SGD + noise (eta 0.01)"),
         baseline=arm(label="SGD"), overrides=_DEEP, seeds=5,
         paper_quote="The technique not only helps to avoid overfitting, but also can result in lower training loss.",
-        paper_number=_NUMBER, paper_scale=_SCALE,
-        notes="Final training loss of the same deep narrow MLP.",
+        paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING, preconditions=_REGIME,
+        notes=_NOTES + "Final training loss of the same runs as gradient-noise-deep-mlp-trains.",
         suites=("quick", "full"),
     ),
 ]
