@@ -162,13 +162,16 @@ _SETTING = PaperSetting(
          "weights N(0, 0.1^2), eta 0.01, gamma 0.55, no gradient clipping in Experiment 1; 20 runs per lr; "
          "epochs and batch size not stated")
 # The paper's Section 4.1 setting on 8x8 digits: 20 x 50 ReLU MLP, weights N(0, 0.1^2) and zero biases,
-# plain SGD (no momentum, no weight decay) at the fixed lr 0.1, no gradient clipping. 30 epochs of batch 64
-# is 660 steps. From this init each ReLU layer scales the signal by about 0.1 * sqrt(50 / 2) = 0.5, so the
-# input-dependent part of the output is about 1e-6 of the input, and the gradients of the weights are as
-# small: plain SGD hardly moves. The noise is a random walk on the weights, lr * sqrt(sum_t eta / (1+t)^0.55):
-# it raises their std from 0.1 to about 0.13 after 2,500 steps (measured 0.131), and would reach the
-# ReLU-critical std for width 50 (sqrt(2/50) = 0.2) only after about 5e4 steps.
-_DEEP = {"model_kwargs": {"depth": 20, "width": 50, "init": "normal", "init_std": 0.1}, "epochs": 30,
+# plain SGD (no momentum, no weight decay) at the fixed lr 0.1, no gradient clipping. From this init each
+# ReLU layer scales the signal by about 0.1 * sqrt(50 / 2) = 0.5, so the input-dependent part of the output
+# is about 1e-6 of the input, and the gradients of the weights are as small: plain SGD hardly moves. The
+# noise is a random walk on the weights, lr * sqrt(sum_t eta / (1+t)^0.55), that raises their std towards
+# the ReLU-critical sqrt(2/50) = 0.2 for width 50. Measured (seed 0, batch 64, noise arm, a plain loop):
+# mean weight std 0.131 / 0.141 / 0.164 / 0.186 and test accuracy 10% / 10% / 47% / 91% after 2,500 /
+# 5,000 / 7,500 / 10,000 steps, then a non-finite loss by 12,500 steps (no clipping, as in Experiment 1).
+# Neither arm learned in 660 steps (30 epochs, batch 64, seeds 0-1) or 3,600 steps (40 epochs, batch 16,
+# seed 0). Hence 450 epochs of batch 64 = 9,900 steps: a full-suite budget.
+_DEEP = {"model_kwargs": {"depth": 20, "width": 50, "init": "normal", "init_std": 0.1}, "epochs": 450,
          "batch_size": 64, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0,
          "schedule": "constant", "grad_clip": None}
 _REGIME = (
@@ -184,23 +187,25 @@ _REGIME = (
 )
 _NOTES = ("The paper's MNIST setting on 8x8 digits (see _DEEP in the module): 20 x 50 ReLU MLP, weights "
           "N(0, 0.1^2), zero biases, SGD lr 0.1 without momentum or weight decay, constant lr, no clipping, eta "
-          "0.01, 30 epochs of batch 64 (660 steps; the paper's step count is not stated). ")
+          "0.01, 450 epochs of batch 64 (9,900 steps; the paper's step count is not stated). At 660 steps "
+          "neither arm learns (measured), so there is no quick-suite version. ")
 CLAIMS = [
     Claim(
         id="gradient-noise-deep-mlp-trains", technique="gradient-noise", task="digits-mlp", metric="best:test_acc",
         direction="higher", treatment=arm(("gradient-noise", {"eta": 0.01}), label="SGD + noise (eta 0.01)"),
-        baseline=arm(label="SGD"), overrides=_DEEP, min_effect=0.05, seeds=5, suites=("quick", "full"),
+        baseline=arm(label="SGD"), overrides=_DEEP, min_effect=0.05, seeds=5, suites=("full",),
         paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING,
         preconditions=_REGIME,
         notes=_NOTES + "Metric: best test accuracy over epochs (an untrained net stays near 10%).",
     ),
     Claim(
-        id="gradient-noise-deep-mlp-loss", technique="gradient-noise", task="digits-mlp", metric="train_loss",
+        id="gradient-noise-deep-mlp-loss", technique="gradient-noise", task="digits-mlp", metric="min:train_loss",
         direction="lower", treatment=arm(("gradient-noise", {"eta": 0.01}), label="SGD + noise (eta 0.01)"),
         baseline=arm(label="SGD"), overrides=_DEEP, seeds=5,
         paper_quote="The technique not only helps to avoid overfitting, but also can result in lower training loss.",
         paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING, preconditions=_REGIME,
-        notes=_NOTES + "Final training loss of the same runs as gradient-noise-deep-mlp-trains.",
-        suites=("quick", "full"),
+        notes=_NOTES + "Lowest training loss over epochs (robust to a late non-finite loss; runs without "
+                       "clipping can diverge), the same runs as gradient-noise-deep-mlp-trains.",
+        suites=("full",),
     ),
 ]
