@@ -145,7 +145,8 @@ class Preflight:
                 return f"the claim's data setting {reason}"
         for name, arm in arms.items():
             t = tasks[name]
-            classes = [get_technique(n) for n, _ in arm.techniques]
+            # the claim's own technique first, so the reason names it
+            classes = sorted((get_technique(n) for n, _ in arm.techniques), key=lambda c: c.name != claim.technique)
             for cls in classes:  # what can be told without a model
                 reason = technique_unmet(cls, t, self.data, None)
                 if reason:

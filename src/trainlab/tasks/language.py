@@ -50,6 +50,7 @@ def lm_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
 
 
+@torch.no_grad()
 def lm_evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
     """loss (nats per character), ppl = exp(loss), bits_per_char = loss / ln 2, and char_acc (the
     share of positions whose most likely next character is the right one), over every test position."""

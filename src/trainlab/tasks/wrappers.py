@@ -72,6 +72,9 @@ def subset(bundle: DataBundle, n: int, seed: int = 0) -> DataBundle:
     labels = _true_labels(bundle)
     if n >= len(labels):
         return bundle
+    if bundle.num_classes is None:  # no classes to stratify by (regression, language modelling): plain random
+        idx = torch.from_numpy(np.sort(_rng(seed, "subset").permutation(len(labels))[:n]))
+        return _keep_train(bundle, idx, f"subset{n}", {"subset": n, "seed": seed})
     counts = np.bincount(labels, minlength=bundle.num_classes)
     quotas = _proportional(counts, n)
     idx = _pick_per_class(labels, quotas, _rng(seed, "subset"))
