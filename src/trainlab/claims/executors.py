@@ -5,6 +5,9 @@ Only the driver writes the store.
   so the cores are not oversubscribed. With one worker the runs happen in the driver process.
 - "ray": each run is a Ray task; `address` joins an existing cluster, otherwise a local Ray
   instance is started. Needs the `ray` extra (pip install "trainlab[ray]").
+
+`acquire(i)`, when given, is asked right before run i starts (the local executor) or before
+submitting (Ray); a run it refuses (another process is training it) is not run and not yielded.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from trainlab.errors import ConfigError, UserError
 from trainlab.training.result import RunResult
 
 Payload = bytes  # a cloudpickled RunSpec
+Acquire = Callable[[int], bool]
 
 
 def execute_payload(payload: Payload) -> dict[str, Any]:
@@ -74,22 +78,33 @@ class _Worker:
                 self.proc.kill()
 
 
-def run_local(payloads: Sequence[Payload], workers: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def run_local(payloads: Sequence[Payload], workers: int | None = None,
+              acquire: Acquire | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (index, result dict) as runs finish. With one worker, runs happen in this process."""
     workers = workers or default_workers()
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    acquire = acquire or (lambda i: True)
     if workers == 1 or len(payloads) <= 1:
         for i, p in enumerate(payloads):
-            yield i, execute_payload(p)
+            if acquire(i):
+                yield i, execute_payload(p)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     queue = list(range(len(payloads)))[::-1]
-    pool = [_Worker(threads) for _ in range(min(workers, len(payloads)))]
+
+    def next_job() -> int | None:
+        while queue:
+            job = queue.pop()
+            if acquire(job):
+                return job
+        return None
+
+    first = [j for j in (next_job() for _ in range(min(workers, len(payloads)))) if j is not None]
+    pool = [_Worker(threads) for _ in first]
     selector = selectors.DefaultSelector()
     try:
-        for w in pool:
-            job = queue.pop()
+        for w, job in zip(pool, first):
             w.send(job, payloads[job])
             selector.register(w.proc.stdout, selectors.EVENT_READ, w)
         while selector.get_map():
@@ -101,16 +116,16 @@ def run_local(payloads: Sequence[Payload], workers: int | None = None) -> Iterat
                     selector.unregister(w.proc.stdout)
                     w.close()
                     yield job, RunResult(status="failed", error=f"worker process died (exit code {w.proc.poll()})").to_dict()
-                    if queue:
+                    nxt = next_job()
+                    if nxt is not None:
                         w = _Worker(threads)
                         pool.append(w)
-                        nxt = queue.pop()
                         w.send(nxt, payloads[nxt])
                         selector.register(w.proc.stdout, selectors.EVENT_READ, w)
                     continue
                 yield got
-                if queue:
-                    nxt = queue.pop()
+                nxt = next_job()
+                if nxt is not None:
                     w.send(nxt, payloads[nxt])
                 else:
                     selector.unregister(w.proc.stdout)
@@ -122,8 +137,8 @@ def run_local(payloads: Sequence[Payload], workers: int | None = None) -> Iterat
                 w.proc.kill()
 
 
-def run_ray(payloads: Sequence[Payload], workers: int | None = None,
-            address: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def run_ray(payloads: Sequence[Payload], workers: int | None = None, address: str | None = None,
+            acquire: Acquire | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         import ray
     except ImportError:
@@ -141,7 +156,7 @@ def run_ray(payloads: Sequence[Payload], workers: int | None = None,
         started_here = True
     try:
         remote = ray.remote(num_cpus=1)(execute_payload)
-        refs = {remote.remote(p): i for i, p in enumerate(payloads)}
+        refs = {remote.remote(p): i for i, p in enumerate(payloads) if acquire is None or acquire(i)}
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
