@@ -5,7 +5,7 @@ from torch import nn
 
 from trainlab.errors import ConfigError
 from trainlab.tasks import norms
-from trainlab.tasks.norms import group_count, make_norm, norm_names, register_norm
+from trainlab.tasks.norms import feature_group_count, group_count, make_norm, norm_names, register_norm
 
 BUILTINS = ["batch", "group", "layer", "instance", "none"]
 
@@ -87,11 +87,57 @@ def test_group_on_images_matches_hand_computation():
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_group_on_tokens_normalizes_each_token_by_channel_groups():
+def test_group_on_tokens_normalizes_each_token_by_groups_of_16_channels():
     x = torch.randn(2, 3, 64) * 5
-    y = make_norm("group", 64, 0)(x)
-    expected = _standardize(x.reshape(2, 3, 32, 2), (3,)).reshape_as(x)
+    y = make_norm("group", 64, 0)(x)  # no spatial axis: 4 groups of 16 channels per token
+    expected = _standardize(x.reshape(2, 3, 4, 16), (3,)).reshape_as(x)
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
+    assert y.std(dim=(0, 1)).min() > 0.1  # not constant across tokens
+
+
+@pytest.mark.parametrize("channels,groups", [(32, 2), (64, 4), (128, 8), (512, 32), (1024, 32), (48, 3),
+                                             (100, 5), (31, 1), (16, 1), (5, 1)])
+def test_feature_group_count_keeps_at_least_16_channels_per_group(channels, groups):
+    assert feature_group_count(channels) == groups
+    assert channels // groups >= min(channels, 16)
+
+
+def test_group_norm_layer_on_features_uses_feature_groups_and_on_maps_the_spatial_count():
+    torch.manual_seed(0)
+    m = norms.for_features_or_signals(make_norm("group", 32, 1))  # in place of a BatchNorm1d(32): [N, C] or [N, C, L]
+    assert isinstance(m, norms.ChannelGroupNorm) and m.num_groups == 32 and m.feature_groups == 2
+    with torch.no_grad():
+        m.weight.copy_(torch.randn(32))
+        m.bias.copy_(torch.randn(32))
+    feats = torch.randn(6, 32) * 3 + 1
+    expected = _standardize(feats.reshape(6, 2, 16), (2,)).reshape(6, 32) * m.weight + m.bias
+    torch.testing.assert_close(m(feats), expected, atol=1e-5, rtol=1e-4)
+    signal = torch.randn(6, 32, 5)  # one channel per group, over its 5 positions
+    expected = _standardize(signal, (2,)) * m.weight.view(1, -1, 1) + m.bias.view(1, -1, 1)
+    torch.testing.assert_close(m(signal), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_group_of_fewer_than_three_values_is_refused_naming_the_layer():
+    m = norms.ChannelGroupNorm(16, 32, feature_groups=16)
+    with pytest.raises(ConfigError, match=r"GroupNorm\(16 groups, 32 channels\).*2 values per sample.*\+-1"):
+        m(torch.randn(4, 32))
+    bad = norms.ChannelGroupNorm(32, 32, feature_groups=32)
+    bad.converted_from = "'net.1' (BatchNorm1d(32))"
+    with pytest.raises(ConfigError, match=r"at 'net.1' \(BatchNorm1d\(32\)\).*1 value per sample.*a constant"):
+        bad(torch.randn(4, 32))
+    with pytest.raises(ConfigError, match="use 'batch'"):
+        norms.for_features_or_signals(make_norm("layer", 2, 1))(torch.randn(4, 2))  # LayerNorm over 2 features: +-1
+    with pytest.raises(ConfigError, match=r"norm 'group' for 2 channels: on features/tokens .* 2 values per sample"):
+        make_norm("group", 2, 0)
+    with pytest.raises(ConfigError, match="feature_groups"):
+        norms.ChannelGroupNorm(4, 32, feature_groups=5)
+
+
+def test_instance_on_features_is_refused_not_read_as_one_unbatched_signal():
+    m = norms.for_features_or_signals(make_norm("instance", 8, 1))  # in place of a BatchNorm1d(8) that sees [N, C]
+    with pytest.raises(ConfigError, match=r"InstanceNorm1d\(8 channels\).*\[N, C\] features.*one value per channel"):
+        m(torch.randn(8, 8))
+    assert m(torch.randn(2, 8, 5)).shape == (2, 8, 5)
 
 
 def test_instance_normalizes_each_channel_of_each_sample_in_train_and_eval():

@@ -95,9 +95,9 @@ def test_state_dict_round_trip():
 
 def test_registered_norms_shapes_and_errors():
     assert isinstance(make_norm("evonorm-s0", 64, 2), EvoNormS0) and make_norm("evonorm-s0", 64, 2).num_groups == 32
-    tokens = make_norm("evonorm-s0", 16, 0)      # features: groups of >= 2 channels
-    assert tokens.inner.num_groups == 8
-    assert tokens(torch.randn(2, 5, 16)).shape == (2, 5, 16)
+    tokens = make_norm("evonorm-s0", 64, 0)      # features: groups of >= 16 channels
+    assert tokens.inner.num_groups == 4 and make_norm("evonorm-s0", 16, 0).inner.num_groups == 1
+    assert tokens(torch.randn(2, 5, 64)).shape == (2, 5, 64)
     with pytest.raises(ConfigError, match="spatial"):
         make_norm("evonorm-b0", 16, 0)
     with pytest.raises(ConfigError):

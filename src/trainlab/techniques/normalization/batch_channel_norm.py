@@ -39,8 +39,16 @@ a channel (group) normalization,
 * Groups: by default the largest divisor of C that is at most 32 (the official code uses 32
   groups; trainlab.tasks.norms.group_count gives 32 wherever 32 divides C).
 
-Input: channel-first ``[N, C, ...]`` (any number of trailing axes). ``[N, C]`` works too, but then a
-group holds only C/G values per sample.
+Input: channel-first ``[N, C, ...]`` (any number of trailing axes), and ``[N, C]`` features (an MLP's
+BatchNorm1d): there a group's statistics are over its C/G channels alone, so 32 groups of C <= 32
+channels would normalize single values to constants. On a 2-D input the channel part therefore uses
+``feature_groups`` groups (default: ``num_groups`` when given, else
+trainlab.tasks.norms.feature_group_count, groups of at least 16 channels: C=32 -> 2 groups of 16);
+the per-group affine stays per ``num_groups`` group, applied after the normalization as in the
+official code. A group of fewer than 3 values per sample is refused with a ConfigError naming the
+layer. Channel-last tokens ``[N, L, C]`` (``dims=0``) are normalized token by token as ``[N*L, C]``
+features, with ``num_groups`` = feature_group_count(C); a BatchNorm1d that sees ``[N, C, L]`` (tokens
+transposed for it) gets the channel part over C/G channels and all L positions, as on any signal.
 
 Plain PyTorch::
 
@@ -62,7 +70,14 @@ from torch import nn
 
 from trainlab.claims.claim import Claim, arm
 from trainlab.errors import ConfigError
-from trainlab.tasks.norms import ChannelLast, group_count, register_norm
+from trainlab.tasks.norms import (
+    ChannelLast,
+    check_feature_groups,
+    check_group_values,
+    feature_group_count,
+    group_count,
+    register_norm,
+)
 from trainlab.techniques.normalization.convert import (
     ConversionReport,
     convert_norms,
@@ -82,16 +97,23 @@ class BatchChannelNorm(nn.Module):
     estimate: False = batch statistics in training (large batches); True = micro-batch BCN, which
     normalizes with running estimates updated at `rate` each training step.
     momentum: the running-average momentum in large-batch mode (as nn.BatchNorm).
+    feature_groups: groups of the channel part on [N, C] input (no spatial axis); default
+    `num_groups` if given, else feature_group_count(num_channels).
     """
 
     is_normalization = True
 
     def __init__(self, num_channels: int, num_groups: int | None = None, eps: float = 1e-5,
-                 momentum: float = 0.1, estimate: bool = False, rate: float = 0.01) -> None:
+                 momentum: float = 0.1, estimate: bool = False, rate: float = 0.01,
+                 feature_groups: int | None = None) -> None:
         super().__init__()
         groups = group_count(num_channels) if num_groups is None else num_groups
-        if not isinstance(groups, int) or groups < 1 or num_channels % groups:
-            raise ConfigError(f"BatchChannelNorm: num_groups ({num_groups}) must divide num_channels ({num_channels})")
+        if feature_groups is None:
+            feature_groups = feature_group_count(num_channels) if num_groups is None else num_groups
+        for label, value in (("num_groups", groups), ("feature_groups", feature_groups)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1 or num_channels % value:
+                raise ConfigError(f"BatchChannelNorm: {label} ({value}) must divide num_channels ({num_channels})")
+        self.feature_groups = feature_groups
         if not 0.0 < rate <= 1.0 or not 0.0 < momentum <= 1.0:
             raise ConfigError(f"BatchChannelNorm: rate and momentum must be in (0, 1], got {rate}, {momentum}")
         self.num_channels, self.num_groups, self.eps = num_channels, groups, eps
@@ -126,20 +148,30 @@ class BatchChannelNorm(nn.Module):
         if x.dim() < 2 or x.shape[1] != self.num_channels:
             raise ConfigError(f"BatchChannelNorm({self.num_channels}): expected input [N, {self.num_channels}, ...], "
                               f"got {list(x.shape)}")
+        # [N, C] features: the channel statistics are over channel groups alone (feature_groups)
+        groups = self.feature_groups if x.dim() == 2 else self.num_groups
+        check_group_values(self, f"BatchChannelNorm({groups} groups, {self.num_channels} channels)", x, groups)
         out = self._batch_part(x)
-        if out.dim() == 2:  # F.group_norm needs at least one axis after the channels
-            out = out.unsqueeze(-1)
-        grouped = F.group_norm(out, self.num_groups, None, None, self.eps).reshape(x.shape[0], self.num_groups, -1)
+        normed = F.group_norm(out, groups, None, None, self.eps)
+        # the affine is per num_groups group (the official code's [1, G, 1] weights)
+        grouped = normed.reshape(x.shape[0], self.num_groups, -1)
         return (grouped * self.gn_weight + self.gn_bias).reshape(x.shape)
 
     def extra_repr(self) -> str:
         mode = f"estimate=True, rate={self.rate}" if self.estimate else f"estimate=False, momentum={self.momentum}"
-        return f"{self.num_channels}, num_groups={self.num_groups}, eps={self.eps}, {mode}"
+        return (f"{self.num_channels}, num_groups={self.num_groups}, feature_groups={self.feature_groups}, "
+                f"eps={self.eps}, {mode}")
 
 
 def build_bcn(num_channels: int, dims: int, **settings: Any) -> nn.Module:
-    """BCN for `dims` as in trainlab.tasks.norms (0: channel-last features/tokens)."""
+    """BCN for `dims` as in trainlab.tasks.norms (0: channel-last features/tokens, whose groups hold
+    at least 16 channels unless `num_groups` is given)."""
+    if dims == 0 and settings.get("num_groups") is None:
+        settings = {**settings, "num_groups": feature_group_count(num_channels)}
     layer = BatchChannelNorm(num_channels, **settings)
+    if dims == 0:
+        check_feature_groups(f"BatchChannelNorm({layer.feature_groups} groups, {num_channels} channels)", num_channels,
+                             layer.feature_groups)
     return ChannelLast(layer, num_channels) if dims == 0 else layer
 
 

@@ -13,7 +13,21 @@ or LayerNorm, whether trainlab built them or not.
 * trainlab's ``ChannelLast`` wrapper (a ``[N, C]`` norm applied to channel-last tokens, e.g.
   ``norm="batch"`` in a transformer): replaced as a whole, ``dims=0``;
 
-with a layer of the chosen kind for the same number of channels. ``to`` is a name from
+with a layer of the chosen kind for the same number of channels.
+
+Layouts. A ``BatchNorm1d`` sees either ``[N, C]`` features (an MLP) or ``[N, C, L]`` (a 1-D signal, or
+tokens ``[N, L, C]`` transposed for it); which one is known only when data flows, so the layer
+built for it (``dims=1``) handles both by the input's rank: on ``[N, C, L]`` it is the norm's usual
+channel-first form (statistics over channel groups *and* the L positions), on ``[N, C]`` the
+statistics of a group norm (GroupNorm, BCN's channel part, EvoNorm-S0's group variance) are over its
+channels alone, so there the groups hold at least 16 channels (trainlab.tasks.norms.
+feature_group_count; ``GroupNorm(32, 32)`` on ``[N, 32]`` would normalize single values to constants).
+Channel-last tokens ``[N, L, C]`` behind ``LayerNorm`` or ``ChannelLast`` are normalized token by token
+(``dims=0``) with the same feature groups. A conversion that cannot compute a normalization over a
+meaningful set of values is refused with a ConfigError naming the layer (its path in the model and
+old type) and why: at conversion time for ``dims=0`` ("instance", "evonorm-b0": no spatial axis), at
+the first forward for a ``[N, C]`` input ("instance", "evonorm-b0", or any group of fewer than 3
+values, e.g. "layer" or "group" on ``BatchNorm1d(2)``). ``to`` is a name from
 trainlab.tasks.norms (built-in: "batch", "group", "layer", "instance", "none"; added by this family:
 "bcn", "bcn-micro", "evonorm-b0", "evonorm-s0", "power", "unified"), or a callable
 ``factory(num_channels, dims) -> nn.Module``. Settings (``**settings``) are passed to the layer's
@@ -34,8 +48,8 @@ Plain PyTorch::
     from trainlab.techniques.normalization.convert import convert_norms
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU())
-    report = convert_norms(model, "group")     # BatchNorm2d(16) -> GroupNorm(16, 16)
-    print(report)                              # 1: BatchNorm2d -> GroupNorm
+    report = convert_norms(model, "group")     # BatchNorm2d(16) -> GroupNorm(16, 16) (ChannelGroupNorm)
+    print(report)                              # 1: BatchNorm2d -> ChannelGroupNorm
     y = model(torch.randn(2, 3, 8, 8))
 """
 from __future__ import annotations
@@ -50,7 +64,13 @@ from torch import nn
 
 from trainlab.claims.claim import Claim
 from trainlab.errors import ConfigError
-from trainlab.tasks.norms import ChannelLast, make_norm, norm_names, register_norm
+from trainlab.tasks.norms import (
+    ChannelLast,
+    for_features_or_signals,
+    make_norm,
+    norm_names,
+    register_norm,
+)
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Technique
 
@@ -120,6 +140,13 @@ def _type_name(m: nn.Module) -> str:
     if isinstance(m, ChannelLast):
         return f"ChannelLast({type(m.inner).__name__})"
     return type(m).__name__
+
+
+def _describe(m: nn.Module) -> str:
+    channels = getattr(m, "num_features", None) or getattr(m, "num_channels", None)
+    if channels is None and isinstance(m, nn.LayerNorm):
+        channels = m.normalized_shape[0] if len(m.normalized_shape) == 1 else list(m.normalized_shape)
+    return f"{_type_name(m)}({channels})"
 
 
 def _source_dims(m: nn.Module, kinds: frozenset[str]) -> tuple[int, int] | str | None:
@@ -195,6 +222,13 @@ def convert_norms(model: nn.Module, to: str | Callable[[int, int], nn.Module],
                 new = build(channels, dims)
             except TypeError as e:
                 raise ConfigError(f"convert_norms: bad settings for '{to}': {e}") from None
+            except ConfigError as e:
+                raise ConfigError(f"convert_norms: '{path}' ({_describe(child)}) -> '{to}': {e}") from None
+            if isinstance(to, str) and isinstance(child, (nn.BatchNorm1d, nn.GroupNorm)):
+                new = for_features_or_signals(new)  # it may see [N, C] features as well as [N, C, L]
+            where = f"'{path}' ({_describe(child)})"
+            for m in new.modules():  # error messages of the new layer name where it sits
+                m.converted_from = where
             ref = next(iter(child.parameters()), None)
             ref = ref if ref is not None else next(iter(child.buffers()), None)
             if ref is not None:

@@ -26,7 +26,14 @@ Where this falls short: here EvoNorm-S0 is compared with GroupNorm+ReLU in a two
 digits (or a small 1-D CNN) with batch 4 for a few epochs.
 
 Input: channel-first ``[N, C, ...]``. B0 needs spatial axes (its instance variance is undefined
-otherwise); S0 also works on ``[N, C]`` features (groups of channels only).
+otherwise): a ``[N, C]`` input is refused with a ConfigError naming the layer. S0 also works on
+``[N, C]`` features, where its group variance is over the group's channels alone, so 32 groups of
+C <= 32 channels would divide by sqrt(eps) (a variance of one value) and blow the output up by ~300x:
+on a 2-D input S0 uses ``feature_groups`` groups (default: ``num_groups`` when given, else
+trainlab.tasks.norms.feature_group_count, groups of at least 16 channels: C=32 -> 2 groups of 16),
+and a group of fewer than 3 values is refused. Channel-last tokens ``[N, L, C]`` (``dims=0``) are
+treated token by token as ``[N*L, C]`` features; a BatchNorm1d that sees ``[N, C, L]`` gets the group
+variance over C/G channels and all L positions, as on any signal.
 
 Plain PyTorch::
 
@@ -47,7 +54,14 @@ from torch import nn
 
 from trainlab.claims.claim import Claim, arm
 from trainlab.errors import ConfigError
-from trainlab.tasks.norms import ChannelLast, group_count
+from trainlab.tasks.norms import (
+    ChannelLast,
+    check_feature_groups,
+    check_group_values,
+    feature_group_count,
+    group_count,
+    layer_label,
+)
 from trainlab.techniques.normalization.convert import convert_norms, register_builder
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Paper, Technique
@@ -55,10 +69,14 @@ from trainlab.training.technique import Paper, Technique
 PAPER = Paper("Evolving Normalization-Activation Layers", "Liu, Brock, Simonyan, Le", 2020, "2004.02967")
 
 
-def _check_input(name: str, x: torch.Tensor, channels: int, min_dim: int = 2) -> None:
+def _check_input(layer: nn.Module, name: str, x: torch.Tensor, channels: int, min_dim: int = 2) -> None:
+    if x.dim() == 2 and min_dim == 3 and x.shape[1] == channels:
+        raise ConfigError(f"{layer_label(layer, f'{name}({channels})')}: got [N, C] features {list(x.shape)}; its "
+                          f"instance variance needs a spatial axis, a feature vector has one value per channel "
+                          f"(use 'evonorm-s0')")
     if x.dim() < min_dim or x.shape[1] != channels:
         shape = f"[N, {channels}, ...]" if min_dim == 2 else f"[N, {channels}, spatial...]"
-        raise ConfigError(f"{name}({channels}): expected input {shape}, got {list(x.shape)}")
+        raise ConfigError(f"{layer_label(layer, f'{name}({channels})')}: expected input {shape}, got {list(x.shape)}")
 
 
 def _channel_view(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -81,7 +99,7 @@ class EvoNormB0(nn.Module):
         self.register_buffer("running_var", torch.ones(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input("EvoNormB0", x, self.num_channels, min_dim=3)
+        _check_input(self, "EvoNormB0", x, self.num_channels, min_dim=3)
         n, c = x.shape[:2]
         # per-sample statistics over a contiguous axis (fast); the batch variance follows from them,
         # since every sample has the same number of positions: Var_b = mean(var_i + mean_i^2) - mean_b^2
@@ -106,31 +124,42 @@ class EvoNormB0(nn.Module):
 
 
 class EvoNormS0(nn.Module):
-    """EvoNorm-S0 (batch-independent) for [N, C, ...] input; see the module docstring."""
+    """EvoNorm-S0 (batch-independent) for [N, C, ...] input; see the module docstring.
+
+    feature_groups: groups on [N, C] input (no spatial axis); default `num_groups` if given, else
+    feature_group_count(num_channels).
+    """
 
     is_normalization = True
 
-    def __init__(self, num_channels: int, num_groups: int | None = None, eps: float = 1e-5) -> None:
+    def __init__(self, num_channels: int, num_groups: int | None = None, eps: float = 1e-5,
+                 feature_groups: int | None = None) -> None:
         super().__init__()
         groups = group_count(num_channels) if num_groups is None else num_groups
-        if not isinstance(groups, int) or groups < 1 or num_channels % groups:
-            raise ConfigError(f"EvoNormS0: num_groups ({num_groups}) must divide num_channels ({num_channels})")
+        if feature_groups is None:
+            feature_groups = feature_group_count(num_channels) if num_groups is None else num_groups
+        for label, value in (("num_groups", groups), ("feature_groups", feature_groups)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1 or num_channels % value:
+                raise ConfigError(f"EvoNormS0: {label} ({value}) must divide num_channels ({num_channels})")
         self.num_channels, self.num_groups, self.eps = num_channels, groups, eps
+        self.feature_groups = feature_groups
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.v = nn.Parameter(torch.ones(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input("EvoNormS0", x, self.num_channels)
+        _check_input(self, "EvoNormS0", x, self.num_channels)
         n = x.shape[0]
-        grouped = x.reshape(n, self.num_groups, -1)
+        groups = self.feature_groups if x.dim() == 2 else self.num_groups
+        check_group_values(self, f"EvoNormS0({groups} groups, {self.num_channels} channels)", x, groups)
+        grouped = x.reshape(n, groups, -1)
         group_std = torch.sqrt(grouped.var(dim=2, unbiased=False, keepdim=True) + self.eps)
         group_std = group_std.expand_as(grouped).reshape(x.shape)
         num = x * torch.sigmoid(_channel_view(self.v, x.dim()) * x)
         return num / group_std * _channel_view(self.weight, x.dim()) + _channel_view(self.bias, x.dim())
 
     def extra_repr(self) -> str:
-        return f"{self.num_channels}, num_groups={self.num_groups}, eps={self.eps}"
+        return f"{self.num_channels}, num_groups={self.num_groups}, feature_groups={self.feature_groups}, eps={self.eps}"
 
 
 def build_evonorm_b0(num_channels: int, dims: int, **settings: Any) -> nn.Module:
@@ -142,10 +171,13 @@ def build_evonorm_b0(num_channels: int, dims: int, **settings: Any) -> nn.Module
 
 def build_evonorm_s0(num_channels: int, dims: int, **settings: Any) -> nn.Module:
     if dims == 0:
-        if "num_groups" not in settings:
-            # without spatial axes a group must hold at least 2 channels to have a variance
-            settings["num_groups"] = group_count(num_channels, max(1, min(32, num_channels // 2)))
-        return ChannelLast(EvoNormS0(num_channels, **settings), num_channels)
+        if settings.get("num_groups") is None:
+            # without spatial axes a group's variance is over its channels alone: at least 16 of them
+            settings = {**settings, "num_groups": feature_group_count(num_channels)}
+        layer = EvoNormS0(num_channels, **settings)
+        check_feature_groups(f"EvoNormS0({layer.feature_groups} groups, {num_channels} channels)", num_channels,
+                             layer.feature_groups)
+        return ChannelLast(layer, num_channels)
     return EvoNormS0(num_channels, **settings)
 
 
