@@ -264,8 +264,8 @@ def _claim_blocks(r: ClaimResult, i: int, curves: Path | None) -> list[Block]:
     if r.overhead:
         out.append(("h", 3, "Overhead"))
         if r.overhead.get("time_ratio_reliable") is False or _busy(r.overhead):
-            out.append(("p", "The time ratio was measured while the machine was busy (load average above its core "
-                             "count): it is unreliable."))
+            out.append(("p", r.overhead.get("time_ratio_note") or "The time ratio was measured while the machine was "
+                             "busy (load average above its core count): it is unreliable."))
         out.append(("table", ["quantity", "value"], [[k, _overhead_value(v)] for k, v in _flatten(r.overhead)]))
     if curves is not None:
         out.append(("img", curves.name, f"learning curves of {_claim_id(r, i)}"))

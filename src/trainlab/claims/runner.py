@@ -273,7 +273,7 @@ def verdict_line(result: ClaimResult) -> str:
     if o.get("time_ratio") is not None:
         text += f", overhead {o['time_ratio']:.2f}x time, {o['memory_ratio']:.2f}x memory"
         load, cores = o.get("load_average_1min"), o.get("cpu_count")
-        if load is not None and cores and load > cores:
+        if o.get("time_ratio_reliable") is False or (load is not None and cores and load > cores):
             text += f" (timed with load {load:.1f} on {cores} cores: time ratio unreliable)"
     if result.verdict == "inconclusive" and a.seeds_needed:
         text += f" (about {a.seeds_needed} seeds would likely decide)"
