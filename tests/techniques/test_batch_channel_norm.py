@@ -143,3 +143,36 @@ def test_bad_settings_are_config_errors():
         BatchChannelNorm(6, rate=0.0)
     with pytest.raises(ConfigError):
         BatchChannelNorm(6)(torch.randn(2, 5, 3))
+
+
+def test_features_use_groups_of_16_channels_for_the_channel_part_and_keep_the_per_group_affine():
+    torch.manual_seed(5)
+    m = BatchChannelNorm(32)  # as in place of an MLP's BatchNorm1d(32)
+    assert (m.num_groups, m.feature_groups) == (32, 2)
+    _randomize(m)
+    x = torch.randn(6, 32) * 2 + 1
+    y = m(x)
+    x1 = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + EPS) * m.bn_weight + m.bn_bias
+    g = x1.reshape(6, 2, 16)
+    normed = ((g - g.mean(2, keepdim=True)) / torch.sqrt(g.var(2, unbiased=False, keepdim=True) + EPS)).reshape(6, 32)
+    expected = normed * m.gn_weight.view(1, 32) + m.gn_bias.view(1, 32)
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
+    assert y.std(dim=0).min() > 0.01  # not the constant that 32 groups of one value would give
+    # tokens (channel-last, dims=0): the groups and the affine are both per 16 channels
+    tokens = make_norm("bcn", 32, 0)
+    assert (tokens.inner.num_groups, tokens.inner.feature_groups) == (2, 2)
+    # an explicit group count decides on features too, and a single-value group is refused
+    with pytest.raises(ConfigError, match=r"32 groups normalizes 1 value per sample.*a constant"):
+        BatchChannelNorm(32, num_groups=32)(x)
+    with pytest.raises(ConfigError, match="feature_groups"):
+        BatchChannelNorm(32, feature_groups=5)
+    with pytest.raises(ConfigError, match=r"on features/tokens .* 2 values per sample"):
+        make_norm("bcn", 2, 0)
+
+
+def test_gradcheck_on_features():
+    torch.manual_seed(6)
+    m = BatchChannelNorm(6, num_groups=3, feature_groups=2).double()
+    _randomize(m)
+    x = torch.randn(5, 6, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(m, (x,))  # training mode: batch statistics on [N, C]

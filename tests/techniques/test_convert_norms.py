@@ -268,3 +268,7 @@ def test_bcn_and_s0_on_features_use_groups_of_16_channels_and_refuse_single_valu
         convert_norms(tiny, kind)
         with pytest.raises(ConfigError, match=r"at '1' \(BatchNorm1d\(2\)\).*2 values per sample"):
             tiny(torch.randn(4, 3))
+    # on tokens the layout is known when converting, so the refusal comes then
+    for kind in ("group", "bcn", "evonorm-s0"):
+        with pytest.raises(ConfigError, match=rf"'1' \(LayerNorm\(2\)\) -> '{kind}': .*2 values per sample"):
+            convert_norms(nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2)), kind)

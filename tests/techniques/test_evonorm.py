@@ -162,3 +162,20 @@ def test_b0_and_s0_match_the_authors_tensorflow_code():
     x = torch.randn(2, 6, 3, 3)
     expected, _ = _official_evonorm(x, "b0", b0.v, b0.weight, b0.bias, moving, False)
     torch.testing.assert_close(b0(x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_s0_on_features_divides_by_the_std_of_16_channel_groups_not_of_single_values():
+    torch.manual_seed(6)
+    m = EvoNormS0(32)  # as in place of an MLP's BatchNorm1d(32)
+    assert (m.num_groups, m.feature_groups) == (32, 2)
+    _params(m)
+    x = torch.randn(5, 32) * 2
+    g = x.reshape(5, 2, 16)
+    std = torch.sqrt(g.var(2, unbiased=False, keepdim=True) + EPS).expand_as(g).reshape(5, 32)
+    expected = x * torch.sigmoid(m.v * x) / std * m.weight + m.bias
+    torch.testing.assert_close(m(x), expected, atol=1e-5, rtol=1e-4)
+    assert m(x).abs().max() < 50  # a one-value group would divide by sqrt(eps): outputs ~300x the input
+    with pytest.raises(ConfigError, match=r"EvoNormS0\(32 groups, 32 channels\).*1 value per sample"):
+        EvoNormS0(32, num_groups=32)(x)
+    xd = torch.randn(4, 32, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(m.double(), (xd,))
