@@ -170,7 +170,8 @@ def _reference(kind: str, layer: nn.Module, u: torch.Tensor, feature_layout: boo
         s = u.shape[0]
         g = u.reshape(s, stat_groups, -1)
         std = torch.sqrt(((g - g.mean(2, keepdim=True)) ** 2).mean(2, keepdim=True) + EPS).expand_as(g).reshape(u.shape)
-        return u * torch.sigmoid(_per_channel(layer.v) * u) / std * _per_channel(layer.weight) + _per_channel(layer.bias)
+        scale = torch.sigmoid(_per_channel(layer.v) * u) / std
+        return u * scale * _per_channel(layer.weight) + _per_channel(layer.bias)
     if kind == "evonorm-b0":
         batch_std = torch.sqrt(((u - u.mean((0, 2), keepdim=True)) ** 2).mean((0, 2), keepdim=True) + EPS)
         inst_std = torch.sqrt(((u - u.mean(2, keepdim=True)) ** 2).mean(2, keepdim=True) + EPS)

@@ -19,11 +19,13 @@ Built-in names and what they compute:
   C=48 -> 24 groups of 2, C=16 -> 16 groups of 1 channel; for C <= 32 every channel is its own
   group (over its spatial positions), which makes GroupNorm the same as InstanceNorm with a
   per-channel affine. Without spatial axes (``dims=0``, and a ``[N, C]`` input to the layer that
-  convert_norms puts in place of a BatchNorm1d: ``for_features_or_signals``) a group's statistics are over its channels alone, so one channel per group would
-  normalize a single value to a constant: there the groups hold at least 16 channels
-  (``feature_group_count``: the largest divisor of C that is at most min(32, C // 16), 1 when C < 32,
-  i.e. LayerNorm over C; the GroupNorm paper's Table 3 studies fixed channels per group, 16 being
-  its best such setting). C=32 -> 2 groups of 16, C=64 -> 4, C=128 -> 8, C=1024 -> 32 groups of 32.
+  convert_norms puts in place of a BatchNorm1d: ``for_features_or_signals``) a group's statistics
+  are over its channels alone, so one channel per group would normalize a single value to a
+  constant: there the groups hold at least 16 channels (``feature_group_count``: the largest
+  divisor of C that is at most min(32, C // 16), 1 when C < 32, i.e. LayerNorm over C). The paper
+  defines no feature form; its Table 3 also varies a fixed number of channels per group, and 16 per
+  group is our choice within that range. C=32 -> 2 groups of 16, C=64 -> 4, C=128 -> 8,
+  C=1024 -> 32 groups of 32.
   A group of fewer than ``MIN_GROUP_VALUES`` (3) values is refused with a ConfigError naming the
   layer (one value normalizes to a constant, two to +-1).
 * ``"layer"``: LayerNorm (Ba, Kiros & Hinton, 2016, arXiv:1607.06450). ``dims=0`` is

@@ -159,7 +159,8 @@ class EvoNormS0(nn.Module):
         return num / group_std * _channel_view(self.weight, x.dim()) + _channel_view(self.bias, x.dim())
 
     def extra_repr(self) -> str:
-        return f"{self.num_channels}, num_groups={self.num_groups}, feature_groups={self.feature_groups}, eps={self.eps}"
+        return (f"{self.num_channels}, num_groups={self.num_groups}, feature_groups={self.feature_groups}, "
+                f"eps={self.eps}")
 
 
 def build_evonorm_b0(num_channels: int, dims: int, **settings: Any) -> nn.Module:
