@@ -1,12 +1,14 @@
 """CutMix: the pasted box and the label weights agree, targets are distributions."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from trainlab.errors import ConfigError
-from trainlab.techniques.regularization.cutmix import CutMix, cut_and_paste, cutmix_batch
+from trainlab.techniques.regularization.cutmix import CutMix, cut_and_paste, cutmix_batch, random_box
 from trainlab.training.technique import Batch, TrainState
 
 
@@ -60,3 +62,15 @@ def test_technique_and_errors():
     # prob=0 never mixes
     same = CutMix(prob=0.0).transform_batch(Batch(inputs=x, targets=y, indices=torch.arange(8)), state)
     assert torch.equal(same.inputs, x) and "mix" not in same.meta
+
+
+def test_box_follows_the_official_rand_bbox():
+    # clovaai/CutMix-PyTorch rand_bbox: cut = int(side * sqrt(1 - lam)), centre uniform in [0, side),
+    # corners clip(centre - cut // 2, 0, side) and clip(centre + cut // 2, 0, side), per spatial dim
+    for seed, lam, (h, w) in [(0, 0.3, (32, 32)), (1, 0.75, (10, 14)), (2, 0.01, (9, 9))]:
+        box = random_box((h, w), lam, torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)   # the same draws, in the same order
+        for size, got in zip((h, w), box):
+            cut = int(size * math.sqrt(1.0 - lam))
+            centre = int(torch.randint(0, size, (1,), generator=g))
+            assert (got.start, got.stop) == (min(max(centre - cut // 2, 0), size), min(max(centre + cut // 2, 0), size))

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainlab.claims.claim import Claim, arm
+from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
 from trainlab.errors import CheckpointError, ConfigError
 from trainlab.techniques.regularization.mixup import unmixed_probabilities
 from trainlab.techniques.registry import register
@@ -95,6 +95,12 @@ class ELR(Technique):
     name = "elr"
     family = "regularization"
     paper = PAPER
+    fidelity = "exact"
+    fidelity_evidence = (
+        "tests/techniques/test_elr.py::test_target_update_hand_computed and ::test_regularizer_value_and_loss: the "
+        "clamp to [1e-4, 1 - 1e-4], the renormalized temporal ensemble t = beta t + (1 - beta) p and the loss "
+        "CE + lambda * mean log(1 - <t, p>) with the target updated before use, as elr_loss in shengliu66/ELR "
+        "(ELR/model/loss.py)")
     modifies = frozenset({"loss_objective"})
     order = 60
     summary = "regularize towards a temporal ensemble of the model's own predictions (noisy labels)"
@@ -140,31 +146,57 @@ class ELR(Technique):
         self.targets = self._resumed
 
 
+def memorizes(clean_fraction: float) -> tuple[Precondition, ...]:
+    """The regime ELR (and other noisy-label methods) act in: the baseline memorizes the flipped labels.
+
+    clean_fraction: the expected share of correct training labels (0.6 at 40% "symmetric" noise, 0.64 at 40%
+    "symmetric-all" noise with 10 classes). A fall of test accuracy from its peak ("best:test_acc - test_acc")
+    is not required: on the small CIFAR-10 setting the baseline memorizes while its final test accuracy is
+    close to its best (measured, see elr-noisy-cifar10-cnn)."""
+    return (
+        Precondition("train_noisy_acc", ">", clean_fraction,
+                     why=f"the baseline memorizes flipped labels: its final accuracy on the noisy training labels "
+                         f"(eval mode) is above the share of correct labels ({clean_fraction:g}), which only fitting "
+                         f"wrong labels gives"),
+    )
+
+
+#: 40% noise drawn from all 10 classes, as ELR's official code: 36% of the labels are wrong
+ELR_NOISE = {"label_noise": 0.4, "noise_kind": "symmetric-all"}
+_QUOTE = ("we design a regularization term that steers the model towards these targets, implicitly preventing "
+          "memorization of the false labels")
+_NUMBER = "CIFAR-10, 40% symmetric noise: ELR 89.15% (91.43% with cosine annealing) clean test accuracy"
+_SCALE = "CIFAR-10/100 (ResNet-34, 150 epochs), Clothing1M, WebVision"
+_SETTING = PaperSetting(train_size=45_000, epochs=150, params=21_300_000,
+                        text="CIFAR-10 with 40% symmetric noise redrawn from all classes (official code), ResNet-34 "
+                             "(about 21M parameters), 45k training and 5k validation images, SGD lr 0.02, weight "
+                             "decay 1e-3, batch 128, 150 epochs with cosine annealing restarts (official "
+                             "config_cifar10.json); also CIFAR-100, Clothing1M and WebVision")
+
 CLAIMS = [
     Claim(
         id="elr-noisy-digits", technique="elr", task="digits-mlp", metric="test_acc", direction="higher",
-        treatment=arm(("elr", {"beta": 0.7, "lam": 3.0})), baseline=arm(), seeds=5, suites=("quick", "full"),
-        overrides={"label_noise": 0.4, "noise_kind": "symmetric", "epochs": 20},
-        min_effect=0.01,
-        paper_quote="we design a regularization term that steers the model towards these targets, implicitly "
-                    "preventing memorization of the false labels",
-        paper_number="CIFAR-10, 40% symmetric noise: ELR 89.15% (91.43% with cosine annealing) clean test accuracy",
-        paper_scale="CIFAR-10/100 (ResNet-34, 150 epochs), Clothing1M, WebVision",
-        notes="20 epochs: long enough for plain cross-entropy to start memorizing the flipped labels (its test "
-              "accuracy falls from its peak), short enough for the quick suite.",
+        treatment=arm(("elr", {"beta": 0.7, "lam": 3.0})), baseline=arm(label="cross-entropy"), seeds=5,
+        suites=("quick", "full"), overrides={**ELR_NOISE, "epochs": 60}, min_effect=0.01,
+        preconditions=memorizes(0.64),
+        paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING,
+        notes="60 epochs, so that plain cross-entropy memorizes the flipped labels (measured over 5 seeds: accuracy "
+              "on the noisy labels 0.94-0.95, 83-88% of the flipped labels fitted, final test accuracy 16-25 points "
+              "below its best epoch); at the 20 epochs used before it had not begun to (seed 0: 6% of the flipped "
+              "labels fitted). Noise redrawn from all classes, as the paper's code.",
     ),
     Claim(
         id="elr-noisy-cifar10-cnn", technique="elr", task="cifar10-cnn", metric="test_acc", direction="higher",
-        treatment=arm(("elr", {"beta": 0.7, "lam": 3.0})), baseline=arm(), seeds=3, suites=("full",),
-        overrides={"label_noise": 0.4, "noise_kind": "symmetric", "epochs": 20}, min_effect=0.02,
-        paper_quote="we design a regularization term that steers the model towards these targets, implicitly "
-                    "preventing memorization of the false labels",
-        paper_number="CIFAR-10, 40% symmetric noise: ELR 89.15% (91.43% with cosine annealing) clean test accuracy",
-        paper_scale="CIFAR-10/100 (ResNet-34, 150 epochs), Clothing1M, WebVision",
-        notes="A 10k-image CIFAR-10 subset and a small CNN for 20 epochs. At this budget plain cross-entropy has "
-              "not yet begun to memorize the flipped labels (measured: about 36% accuracy on the noisy training "
-              "labels after 20 epochs; test accuracy peaks in epoch 19 or 20 and ends within 0.3 points of that "
-              "peak), so this tests ELR before the phase it is designed for; elr-noisy-digits is the claim where "
-              "memorization happens.",
+        treatment=arm(("elr", {"beta": 0.7, "lam": 3.0})), baseline=arm(label="cross-entropy"), seeds=3,
+        suites=("full",), min_effect=0.02, preconditions=memorizes(0.64),
+        overrides={**ELR_NOISE, "train_subset": 1_000, "augment": None, "batch_size": 32, "epochs": 60},
+        paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING,
+        notes="1,000 CIFAR-10 training images without augmentation, a 16-32-64 CNN, batch 32, 60 epochs: a setting "
+              "in which plain cross-entropy memorizes the flipped labels on a CPU budget (2% of the paper's data; "
+              "measured on seed 0: 38% of the flipped labels fitted at epoch 30, 94% at epoch 40, all of them from "
+              "epoch 50, accuracy on the noisy labels 1.00; test accuracy 0.32 at epoch 15, 0.28 at epoch 30 and "
+              "0.35 at the end, so memorization here does not lower the final test accuracy below its early peak). "
+              "In the earlier setting (10k images with crop-flip, 20 epochs) the baseline had not begun to memorize "
+              "(about 36% accuracy on the noisy labels, test accuracy still at its peak).",
     ),
 ]
