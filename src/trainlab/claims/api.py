@@ -113,11 +113,13 @@ def check_claims(claims: Sequence[Claim], task: Task | str | None = None, seeds:
     _check_seeds(seeds)
     claims, skipped = preflight(claims, task, device)
     if skipped and progress:
-        with _RunProgress(progress, console) as early:
-            for s in skipped:
-                early.note(s.line())
+        from rich.console import Console
+
+        out = console or Console(stderr=True, soft_wrap=True)
+        for s in skipped:
+            out.print(s.line(), highlight=False, markup=False)
     if not claims:
-        why = (skipped[0].reason if len(skipped) == 1 else "the reasons are above" if progress
+        why = ("each one's reason is above" if progress
                else "; ".join(f"{s.claim_id}: {s.reason}" for s in skipped))
         raise ConfigError(f"none of the {len(skipped)} claims can run on task '{skipped[0].task}': {why}")
     specs = {c.id: plan(c, seeds, task, device) for c in claims}
