@@ -287,6 +287,8 @@ def test_magnitude_bad_prune_at_is_a_config_error():
     for bad in (0.0, 1.5, "later"):
         with pytest.raises(ConfigError):
             build_technique("magnitude-group-prune", {"prune_at": bad})
+    with pytest.raises(ConfigError):
+        build_technique("magnitude-group-prune", {"ranking": "per-weight"})
 
 
 def test_magnitude_selection_smallest_norms_keeps_a_channel_per_layer():
@@ -299,6 +301,24 @@ def test_magnitude_selection_smallest_norms_keeps_a_channel_per_layer():
                 p[mask[id(p)]] *= 1e-3
     chosen = magnitude_selection(space, 0.5)
     assert len(chosen) == 10 and len(c1 & set(chosen)) == 7
+
+
+def test_layer_ranking_divides_by_the_layer_mean_norm():
+    """c1's 8 groups get norms 1..8, c2's 12 groups 100..1200. Raw norms prune c1 down to its last
+    channel; divided by their layer's mean (4.5 and 650) the 10 smallest are c1's 1-4 (0.22 .. 0.89)
+    and c2's 1-6 (0.15 .. 0.92)."""
+    model, space = _fresh()
+    c1 = [g.id for g in space.groups if g.label.startswith("Conv2d 'c1'")]
+    c2 = [g.id for g in space.groups if g.label.startswith("Conv2d 'c2'")]
+    want = torch.zeros(space.num_groups, dtype=torch.float64)
+    want[c1] = torch.arange(1, 9, dtype=torch.float64)
+    want[c2] = 100 * torch.arange(1, 13, dtype=torch.float64)
+    space.index.scale_(want / space.group_norms())
+    assert torch.allclose(space.group_norms(), want, rtol=1e-5)
+    assert sorted(magnitude_selection(space, 0.5, "global")) == sorted(c1[:7] + c2[:3])
+    assert sorted(magnitude_selection(space, 0.5, "layer")) == sorted(c1[:4] + c2[:6])
+    with pytest.raises(ConfigError):
+        magnitude_selection(space, 0.5, "per-weight")
 
 
 def test_registered_with_claim():

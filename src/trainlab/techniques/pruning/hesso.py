@@ -408,11 +408,11 @@ _PAPER_SETTING = PaperSetting(
           "CIFAR-10, ResNet50 on ImageNet, BERT, YOLO and LLMs"))
 _HESSO = arm(("hesso", {"target_group_sparsity": 0.5}), label="HESSO, 50% group sparsity")
 _DENSE = arm(label="dense training, same budget (no pruning)")
-_MAG_FT = arm(("magnitude-group-prune", {"target_group_sparsity": 0.5, "prune_at": "hesso"}),
-              label="dense training, 50% of groups pruned by magnitude at HESSO's end step (25% of the run), "
-                    "then the same remaining training (fine-tuning)")
-_MAG_ONESHOT = arm(("magnitude-group-prune", {"target_group_sparsity": 0.5}),
-                   label="dense training, then 50% of groups pruned by magnitude (no fine-tuning)")
+_MAG_FT = arm(("magnitude-group-prune", {"target_group_sparsity": 0.5, "prune_at": "hesso", "ranking": "layer"}),
+              label="dense training, 50% of groups pruned by layer-normalized magnitude at HESSO's end step (25% of "
+                    "the run), then the same remaining training (fine-tuning)")
+_MAG_ONESHOT = arm(("magnitude-group-prune", {"target_group_sparsity": 0.5, "ranking": "layer"}),
+                   label="dense training, then 50% of groups pruned by layer-normalized magnitude (no fine-tuning)")
 _DENSE_LEARNS = Precondition("test_acc", ">=", 0.3, arm="baseline", over="min", relative_to="chance",
                              why="the dense model learns the task (else 'as good as dense' is empty)")
 _DIGITS_SCALE = ("paper: ResNet18 on 50k CIFAR-10 images for 100 epochs (11M parameters); here: scikit-learn digits "
