@@ -96,8 +96,8 @@ def test_trains_with_any_optimizer(optimizer):
 
 
 def test_claims_regime_check_reads_what_a_run_records():
-    # every claim's precondition ("the baseline overfits": final train_acc - test_acc) is computable on
-    # a run of its baseline, and the claims say they test the stand-in function
+    # every claim's preconditions (the baseline fits its training set and overfits: final train_acc, and
+    # train_acc - test_acc) are computable on a run of its baseline; the claims say they test the stand-in
     from trainlab.claims.metrics import metric_value
     from trainlab.techniques.regularization.weight_compander import CLAIMS, WeightCompander
 
@@ -106,8 +106,9 @@ def test_claims_regime_check_reads_what_a_run_records():
                 epochs=2, batch_size=32, lr=0.05, optimizer="sgd")
     run = run_training(task, [], seed=0).to_dict()
     for claim in CLAIMS:
-        (pre,) = claim.preconditions
-        train, test = (metric_value(term, run, task.epochs)[0] for term in pre.metric_terms())
+        fits, gap = claim.preconditions
+        assert metric_value(fits.metric, run, task.epochs)[0] == run["final"]["train_acc"]
+        train, test = (metric_value(term, run, task.epochs)[0] for term in gap.metric_terms())
         assert (train, test) == (run["final"]["train_acc"], run["final"]["test_acc"])
         assert "STAND-IN" in claim.notes and claim.paper_setting is not None
     assert WeightCompander.fidelity == "stand-in" and WeightCompander.deviations

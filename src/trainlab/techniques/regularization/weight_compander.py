@@ -187,10 +187,17 @@ _NUMBER = "(not available: only the paper's abstract could be read)"
 #: what every claim here tests: this module's stand-in function, not the paper's (see WeightCompander.deviations)
 _STAND_IN = ("Tests this project's STAND-IN compander w = sign(v)((|v|+beta)^alpha - beta^alpha) (fidelity: "
              "stand-in), NOT the paper's function, which could not be read; see WeightCompander.deviations. ")
-#: the regime a regularizer acts in, per the abstract ("implicitly reduces overfitting"): the baseline overfits
-_OVERFITS = Precondition("train_acc - test_acc", ">=", 0.02,
-                         why="the baseline overfits (final train accuracy at least 2 points above test accuracy), "
-                             "the regime in which a regularizer can help")
+#: the regime a regularizer acts in, per the abstract ("implicitly reduces overfitting"): the baseline fits its
+#: training set and generalizes worse. Where the baseline has not fit its training set, a gain can come from
+#: faster fitting alone (the compander scales small weights' gradients up), which is not what the paper claims.
+_OVERFITS = (
+    Precondition("train_acc", ">=", 0.95,
+                 why="the baseline fits its training set (final train accuracy at least 95%), so a gain is "
+                     "regularization rather than faster fitting"),
+    Precondition("train_acc - test_acc", ">=", 0.02,
+                 why="the baseline overfits (final train accuracy at least 2 points above test accuracy), "
+                     "the regime in which a regularizer can help"),
+)
 _WC = arm("weight-compander", label="weight compander (stand-in function)")
 _SGD = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
 
@@ -199,7 +206,7 @@ CLAIMS = [
         id="weight-compander-with-wd-mnist1d", technique="weight-compander", task="mnist1d-mlp",
         metric="test_acc", direction="higher", treatment=_WC, baseline=arm(), seeds=5,
         suites=("full",), overrides={**_SGD, "weight_decay": 5e-4}, paper_quote=_QUOTE,
-        paper_number=_NUMBER, paper_setting=_SETTING, preconditions=(_OVERFITS,),
+        paper_number=_NUMBER, paper_setting=_SETTING, preconditions=_OVERFITS,
         paper_scale=_SCALE,
         notes=_STAND_IN + "MNIST-1D MLP, SGD with weight decay 5e-4 in both arms (applied to the latent weights in the "
               "treatment). The compander also rescales gradients (dw/dv = f'(v) > 1 for small v), so part of any "
@@ -209,7 +216,7 @@ CLAIMS = [
         id="weight-compander-no-wd-mnist1d", technique="weight-compander", task="mnist1d-mlp",
         metric="test_acc", direction="higher", treatment=_WC, baseline=arm(), seeds=5,
         suites=("full",), overrides={**_SGD, "weight_decay": 0.0}, paper_quote=_QUOTE,
-        paper_number=_NUMBER, paper_setting=_SETTING, preconditions=(_OVERFITS,),
+        paper_number=_NUMBER, paper_setting=_SETTING, preconditions=_OVERFITS,
         paper_scale=_SCALE,
         notes=_STAND_IN + "MNIST-1D MLP, SGD without weight decay in either arm: the compander as the only weight "
               "regularizer; same learning-rate caveat as above.",
@@ -218,7 +225,7 @@ CLAIMS = [
         id="weight-compander-with-wd-digits-cnn", technique="weight-compander", task="digits-cnn",
         metric="test_acc", direction="higher", treatment=_WC, baseline=arm(), seeds=5,
         suites=("full",), paper_quote=_QUOTE,
-        paper_number=_NUMBER, paper_setting=_SETTING, preconditions=(_OVERFITS,),
+        paper_number=_NUMBER, paper_setting=_SETTING, preconditions=_OVERFITS,
         paper_scale=_SCALE,
         notes=_STAND_IN + "Digits CNN with the task's SGD weight decay 5e-4 in both arms; near the accuracy ceiling "
               "(about 99%), so little room for an effect.",
@@ -227,7 +234,7 @@ CLAIMS = [
         id="weight-compander-no-wd-digits-cnn", technique="weight-compander", task="digits-cnn",
         metric="test_acc", direction="higher", treatment=_WC, baseline=arm(), seeds=5,
         suites=("full",), overrides={"weight_decay": 0.0}, paper_quote=_QUOTE,
-        paper_number=_NUMBER, paper_setting=_SETTING, preconditions=(_OVERFITS,),
+        paper_number=_NUMBER, paper_setting=_SETTING, preconditions=_OVERFITS,
         paper_scale=_SCALE,
         notes=_STAND_IN + "Digits CNN without weight decay in either arm; near the accuracy ceiling.",
     ),
@@ -237,7 +244,7 @@ CLAIMS = [
         treatment=arm("weight-compander", lr=0.05, label="weight compander (stand-in function), lr 0.05"),
         baseline=arm(lr=0.5, label="baseline, lr 0.5"), seeds=5, suites=("full",),
         overrides={**_SGD, "weight_decay": 5e-4}, paper_quote=_QUOTE,
-        paper_number=_NUMBER, paper_setting=_SETTING, preconditions=(_OVERFITS,),
+        paper_number=_NUMBER, paper_setting=_SETTING, preconditions=_OVERFITS,
         paper_scale=_SCALE,
         notes=_STAND_IN + "Each arm at the best of lr in {0.05, 0.2, 0.5} from a 2-seed probe (seeds 0-1, test "
               "accuracy): the baseline at 0.5 (0.73), the compander at 0.05 (0.66; 0.2 gave 0.49, 0.5 diverged). "
