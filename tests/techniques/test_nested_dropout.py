@@ -126,6 +126,9 @@ def test_held_out_rows_are_replaced_by_the_batch_s_own_rows_in_order():
     # held-out positions 1, 3, 4 take the kept rows 0, 2, 5 in order
     assert out.indices.tolist() == [0, 0, 2, 2, 5, 5]
     assert out.inputs.flatten().tolist() == [0.0, 0.0, 2.0, 2.0, 5.0, 5.0] and out.labels.tolist() == out.indices.tolist()
+    # a second filter with the same slice changes nothing (nested dropout + holdout-slice = one filter)
+    again = slice_.filter(out)
+    assert torch.equal(again.indices, out.indices) and torch.equal(again.inputs, out.inputs)
     with pytest.raises(ConfigError):
         HeldOutSlice(0.0)
 
