@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainlab.claims.claim import Claim, arm
+from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
 from trainlab.errors import ConfigError
 from trainlab.tasks.norms import (
     ChannelLast,
@@ -233,6 +233,17 @@ _QUOTE = ("\"WS and BCN improve micro-batch training significantly. Moreover, us
           "training is even able to match or outperform the performances of BN with large-batch training.\" (abstract)")
 _SCALE = ("ImageNet ResNet-50/101 and ResNeXt, COCO Mask R-CNN, Kinetics, VOC DeepLabv3; micro-batch = 1-2 images "
           "per GPU vs BN with 32-64 images per GPU")
+_SETTING = PaperSetting(
+    train_size=1_281_167, epochs=90, params=25_600_000,
+    text="ImageNet, ResNet-50 (25.6M parameters, the standard count; not restated in the paper) with WS + micro-batch "
+         "BCN at 1 image per GPU against BN with large batches; 90 epochs, learning rate x0.1 at epochs 30 and 60 "
+         "(official ImageNet script); also ResNet-101/ResNeXt, COCO Mask R-CNN, VOC DeepLabv3, Kinetics")
+# The micro-batch regime itself (batch 2) is set by the arms; whether BN degrades there is a comparison with a
+# large-batch run, which the micro-vs-micro claim does not hold, so it has no precondition.
+_BN_LARGE_FITS = Precondition(
+    "train_acc", ">=", 0.98,
+    why="the large-batch BN reference fits its training set (final-epoch training accuracy at least 98%): the paper "
+        "compares with BN trained on its full schedule, and 'not worse than' an under-trained reference says little")
 
 CLAIMS = [
     Claim(
@@ -242,7 +253,7 @@ CLAIMS = [
         baseline=arm(label="BatchNorm, batch 2"),
         paper_quote=_QUOTE,
         paper_number="micro-batch WS+BCN beats micro-batch BN on every task; BN at 1-2 images/GPU is many points worse",
-        paper_scale=_SCALE, seeds=5, suites=("quick", "full"),
+        paper_scale=_SCALE, paper_setting=_SETTING, seeds=5, suites=("quick", "full"),
         notes="Digits CNN, 500 training images, batch 2 (250 steps an epoch), 2 epochs, lr 0.01 in both arms. "
               "BN with batch 2 normalizes each step with two samples' statistics and evaluates with running "
               "averages of them.",
@@ -255,7 +266,7 @@ CLAIMS = [
         baseline=arm(epochs=15, label="BatchNorm, batch 64, 15 epochs (the task's budget)"),
         paper_quote=_QUOTE,
         paper_number="\"match or outperform\" BN with large batches, i.e. a distance of at most 0 points",
-        paper_scale=_SCALE, seeds=5, suites=("full",),
+        paper_scale=_SCALE, paper_setting=_SETTING, preconditions=(_BN_LARGE_FITS,), seeds=5, suites=("full",),
         notes="'Within the paper's stated distance' is 'match or outperform' (distance <= 0), checked as "
               "non-inferiority with a 0.5-point margin: reproduced if WS+BCN at batch 2 is shown to be not "
               "worse than BN at batch 64 by more than 0.5 points, contradicted if shown to be worse by more. "

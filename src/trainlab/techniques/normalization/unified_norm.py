@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainlab.claims.claim import Claim, arm
+from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
 from trainlab.errors import ConfigError
 from trainlab.techniques.normalization.convert import (
     ChannelFirst,
@@ -306,6 +306,15 @@ _QUOTE = ("UN can \"achieve comparable performance on par with LN\" and \"be an 
 #: the majority-token task made harder, so that no norm reaches 100% (the task's default saturates)
 SEQ_OVERRIDES = {"epochs": 10, "batch_size": 32, "data_kwargs": {"n_train": 1000, "vocab": 16, "seq_len": 32},
                  "model_kwargs": {"vocab_size": 16}}
+_SETTING = PaperSetting(
+    train_size=160_000,
+    text="IWSLT14 De-En (about 160k sentence pairs), Transformer with UN in place of LN, 100k updates, 5 seeds; also "
+         "language modelling, T2T-ViT / ViT on ImageNet and detection; epochs and parameter count not stated")
+#: a parity claim needs a reference that learns: "on par with LN" is empty when LN learned nothing
+_LN_LEARNS = Precondition(
+    "test_acc", ">=", 0.1, relative_to="chance",
+    why="the LayerNorm reference learns the task (final test accuracy at least 10 points above chance), as the "
+        "paper's trained LN transformers do; otherwise non-inferiority to it is met trivially")
 
 CLAIMS = [
     Claim(
@@ -316,6 +325,7 @@ CLAIMS = [
         paper_quote=_QUOTE,
         paper_number="comparable to LN on IWSLT14, language modeling and ImageNet ViTs; ~31% faster inference on GPU",
         paper_scale="Transformers on IWSLT14 De-En (100k updates, 5 seeds), LM, T2T-ViT/ViT on ImageNet; GPU timing",
+        paper_setting=_SETTING, preconditions=(_LN_LEARNS,),
         seeds=5, suites=("full",),
         notes="Majority-token task made harder (1000 training sequences of 32 tokens over 16 symbols, batch 32, "
               "10 epochs; the default saturates at 100%). A parity claim checked as non-inferiority: 'UN is "

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainlab.claims.claim import Claim, arm
+from trainlab.claims.claim import Claim, PaperSetting, arm
 from trainlab.errors import ConfigError
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Batch, Paper, Technique, TrainState
@@ -221,6 +221,13 @@ class ConvSpectrum(Technique):
 _QUOTE = ("we show that this regularization strategy is stable with respect to numerical and optimization errors "
           "and that, in the presence of small errors and when the size of the signal/image is large, the "
           "convolutional layers remain close to isometric")
+_SETTING = PaperSetting(
+    train_size=50_000,
+    text="CIFAR-10 (and ImageNet-size) networks with the regularizer on every convolution and the trained layers' "
+         "singular values computed exactly; the quoted stability result is a theorem, confirmed on convolutions "
+         "trained with the regularizer; epochs and model sizes not read here")
+# No preconditions: the claim compares the spectra of regularized and plain convolutions; the paper's condition
+# ("small errors") concerns the regularized layer's own L_orth, which is not logged, not a regime of the baseline.
 
 CLAIMS = [
     Claim(
@@ -230,7 +237,7 @@ CLAIMS = [
         seeds=5, suites=("quick", "full"), overrides={"epochs": 5}, min_effect=0.05,
         paper_quote=_QUOTE,
         paper_number="singular values of the regularized convolutions close to 1 (no single headline number)",
-        paper_scale="CIFAR-10 / ImageNet networks with the regularizer on every convolution",
+        paper_scale="CIFAR-10 / ImageNet networks with the regularizer on every convolution", paper_setting=_SETTING,
         notes="Mechanism claim: mean |sigma - 1| over all singular values (circular padding, exact FFT method) of "
               "both conv layers at the end of training; the conv-spectrum probe runs in both arms.",
     ),
@@ -240,7 +247,7 @@ CLAIMS = [
         treatment=arm("conv-spectrum", ("orthogonal-conv", {"lam": 0.1})), baseline=arm("conv-spectrum"),
         seeds=5, suites=("full",), overrides={"epochs": 5}, min_effect=0.05, paper_quote=_QUOTE,
         paper_number="singular values of the regularized convolutions close to 1 (no single headline number)",
-        paper_scale="CIFAR-10 / ImageNet networks with the regularizer on every convolution",
+        paper_scale="CIFAR-10 / ImageNet networks with the regularizer on every convolution", paper_setting=_SETTING,
         notes="1-D convolutions (the paper treats 1-D and 2-D); three conv layers.",
     ),
 ]
