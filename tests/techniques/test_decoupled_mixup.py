@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from trainlab.errors import ConfigError
 from trainlab.techniques.regularization.decoupled_mixup import (DecoupledMixup, decoupled_log_softmax,
-                                                                decoupled_mixup_loss)
+                                                                decoupled_mixup_loss, decoupled_regularizer)
 from trainlab.training.technique import Batch, TrainState
 
 
@@ -39,7 +39,8 @@ def test_limits_eta_zero_and_same_class_pairs():
     a, b = torch.tensor([0, 1, 2, 3, 4, 0]), torch.tensor([1, 1, 0, 4, 2, 0])
     lam = torch.rand(6)
     soft = lam.view(-1, 1) * F.one_hot(a, 5) + (1 - lam.view(-1, 1)) * F.one_hot(b, 5)
-    torch.testing.assert_close(decoupled_mixup_loss(z, a, b, lam, eta=0.0), F.cross_entropy(z, soft.float()))
+    torch.testing.assert_close(decoupled_mixup_loss(z, a, b, lam, eta=0.0, reduction="mean"),
+                               F.cross_entropy(z, soft.float()))
     # a pair of the same class gets no decoupled term (and no -inf anywhere)
     same = decoupled_mixup_loss(z[[1]], a[[1]], b[[1]], lam[[1]], eta=1.0)
     torch.testing.assert_close(same, F.cross_entropy(z[[1]], a[[1]]))
@@ -68,3 +69,35 @@ def test_technique_needs_a_mixing_policy():
     torch.testing.assert_close(got, decoupled_mixup_loss(out, y, torch.tensor([2, 0]), 0.6, eta=0.1))
     with pytest.raises(ConfigError):
         DecoupledMixup(mode="less")
+
+
+def test_official_batch_reduction():
+    """openmixup's soft_mix_cross_entropy: the mean loss over the samples that mix two classes plus the
+    mean cross-entropy over the others (same-class pairs, or a share <= 1e-3); no decoupled term when
+    the two shares are equal."""
+    torch.manual_seed(1)
+    z = torch.randn(5, 4)
+    a, b = torch.tensor([0, 1, 2, 3, 1]), torch.tensor([1, 1, 3, 0, 1])  # samples 1 and 4: same class
+    lam, eta = 0.7, 0.3
+    logp = F.log_softmax(z, dim=1)
+    mce = -(lam * logp[torch.arange(5), a] + (1 - lam) * logp[torch.arange(5), b])
+    dr = decoupled_regularizer(z, a, b, torch.full((5,), lam))
+    two = torch.tensor([True, False, True, True, False])
+    expected = (mce + eta * dr)[two].mean() + (-logp[torch.arange(5), a])[~two].mean()
+    torch.testing.assert_close(decoupled_mixup_loss(z, a, b, lam, eta=eta), expected)
+    assert float(dr[1]) == 0.0 and float(dr[4]) == 0.0 and float(dr[0]) > 0.0
+    # equal shares: the decoupled term is dropped (for every sample, as lam is one per batch)
+    half = decoupled_mixup_loss(z, a, b, 0.5, eta=eta)
+    mce_half = -(0.5 * logp[torch.arange(5), a] + 0.5 * logp[torch.arange(5), b])
+    torch.testing.assert_close(half, mce_half[two].mean() + mce_half[~two].mean())
+    # a share below the 1e-3 eps counts as unmixed: no decoupled term, one mean over all samples
+    torch.testing.assert_close(decoupled_mixup_loss(z, a, b, 1.0 - 1e-4, eta=eta),
+                               -(logp[torch.arange(5), a] * (1 - 1e-4) + logp[torch.arange(5), b] * 1e-4).mean(),
+                               rtol=1e-5, atol=1e-6)
+    # all samples of one kind: a single mean
+    torch.testing.assert_close(decoupled_mixup_loss(z[two], a[two], b[two], lam, eta=eta),
+                               (mce + eta * dr)[two].mean())
+    with pytest.raises(ConfigError):
+        decoupled_mixup_loss(z, a, b, lam, reduction="sum")
+    with pytest.raises(ConfigError):
+        DecoupledMixup(reduction="sum")

@@ -26,10 +26,11 @@ DR each mixed class's target is 1 (the mixed label is binarised), not lam. The w
 w_k = lam_k ** lam_power (lam_power=0 gives 1 and 1; openmixup's CIFAR-100 base config uses a
 power of 1, others 0 or 0.5), and ``mode`` selects which terms carry eta: "both", "minority"
 (only the class with the smaller lam; openmixup's mode="less") or "majority" (mode="more").
-Samples whose two labels coincide get plain cross-entropy (no DR), as in the official code.
-Differences from the official code: the official loss averages mixed and same-class samples
-separately and sums the two means, and skips DR for the whole batch when lam is exactly 0.5; here
-every sample is weighted equally and lam = 0.5 is treated like any other ratio.
+Samples whose two labels coincide (or whose lam leaves one class with a share of at most 1e-3)
+get plain cross-entropy (no DR), as in the official code. Batch reduction (``reduction``):
+"official" (the default) follows openmixup: the mean over the two-class samples plus the mean over
+the one-class samples, and no DR where the two shares are equal (lam = 0.5); "mean" weighs every
+sample equally.
 
 DM needs the pair labels and lam of a mixing policy, so it runs together with ``mixup`` or
 ``cutmix`` (it reads ``batch.meta["mix"]``); alone it refuses to run.
@@ -70,9 +71,19 @@ def decoupled_log_softmax(logits: torch.Tensor, keep: torch.Tensor, drop: torch.
     return masked.gather(1, keep.view(-1, 1)).squeeze(1) - torch.logsumexp(masked, dim=1)
 
 
+#: a class whose mixing share is at most this counts as absent (openmixup's eps in soft_mix_cross_entropy)
+SHARE_EPS = 1e-3
+REDUCTIONS = ("official", "mean")
+
+
+def two_class_mask(y_a: torch.Tensor, y_b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Samples that mix two different classes, each with a share above SHARE_EPS."""
+    return (y_a != y_b) & (lam > SHARE_EPS) & (lam < 1.0 - SHARE_EPS)
+
+
 def decoupled_regularizer(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: torch.Tensor,
                           lam_power: float = 0.0, mode: str = "both") -> torch.Tensor:
-    """Per-sample DR term (zero where y_a == y_b)."""
+    """Per-sample DR term (zero where the sample does not mix two classes)."""
     lam = torch.as_tensor(lam, dtype=torch.float32, device=logits.device).expand(logits.shape[0])
     w_a, w_b = lam.pow(lam_power), (1.0 - lam).pow(lam_power)
     if mode == "minority":
@@ -81,19 +92,35 @@ def decoupled_regularizer(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Te
         w_a, w_b = w_a * (lam >= 0.5), w_b * (lam < 0.5)
     elif mode != "both":
         raise ConfigError(f"decoupled mixup: mode must be one of {MODES}, got '{mode}'")
-    two_classes = (y_a != y_b).float()
+    two_classes = two_class_mask(y_a, y_b, lam).float()
     term_a = -decoupled_log_softmax(logits, y_a, y_b)
     term_b = -decoupled_log_softmax(logits, y_b, y_a)
     return two_classes * (w_a * term_a + w_b * term_b)
 
 
 def decoupled_mixup_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float | torch.Tensor,
-                         eta: float = 0.1, lam_power: float = 0.0, mode: str = "both") -> torch.Tensor:
-    """MCE + eta * DR, averaged over the batch. y_a, y_b: integer labels; lam: scalar or [B]."""
+                         eta: float = 0.1, lam_power: float = 0.0, mode: str = "both",
+                         reduction: str = "official") -> torch.Tensor:
+    """MCE + eta * DR over the batch. y_a, y_b: integer labels; lam: scalar or [B].
+
+    reduction "official": mean over the two-class samples + mean over the others, and no DR where
+    lam = 0.5 (openmixup); "mean": the plain mean over samples."""
+    if reduction not in REDUCTIONS:
+        raise ConfigError(f"decoupled mixup: reduction must be one of {REDUCTIONS}, got '{reduction}'")
     lam_t = torch.as_tensor(lam, dtype=torch.float32, device=logits.device).expand(logits.shape[0])
     logp = F.log_softmax(logits.float(), dim=1)
     mce = -(lam_t * logp.gather(1, y_a.view(-1, 1)).squeeze(1) + (1 - lam_t) * logp.gather(1, y_b.view(-1, 1)).squeeze(1))
-    return (mce + eta * decoupled_regularizer(logits, y_a, y_b, lam_t, lam_power, mode)).mean()
+    dr = decoupled_regularizer(logits, y_a, y_b, lam_t, lam_power, mode)
+    if reduction == "mean":
+        return (mce + eta * dr).mean()
+    dr = dr * (lam_t != 0.5)  # equal shares: the official loss drops the decoupled term
+    two = two_class_mask(y_a, y_b, lam_t)
+    per = mce + eta * dr
+    loss = per.new_zeros(())
+    for part in (two, ~two):
+        if part.any():
+            loss = loss + per[part].mean()
+    return loss
 
 
 @register
@@ -103,29 +130,28 @@ class DecoupledMixup(Technique):
     name = "decoupled-mixup"
     family = "regularization"
     paper = PAPER
-    fidelity = "variant"
-    deviations = (
-        "batch reduction: every sample weighs the same here; the official loss (openmixup "
-        "soft_mix_cross_entropy) averages the two-class samples and the same-class samples separately and adds "
-        "the two means, so each same-class sample weighs about (C-1)x more with C classes",
-        "lam = 0.5 is treated like any other ratio; the official loss drops the decoupled term for the whole "
-        "batch when the mixed classes' shares are equal",
-    )
-    fidelity_evidence = ("tests/techniques/test_decoupled_mixup.py::test_hand_computed_case: the per-sample loss "
-                         "(mixup CE + eta x decoupled CE with binarised targets, lam_power and the less/more modes) "
-                         "is the formula of openmixup's soft_mix_cross_entropy")
+    fidelity = "exact"
+    fidelity_evidence = ("tests/techniques/test_decoupled_mixup.py: test_hand_computed_case (the per-sample loss, "
+                         "mixup CE + eta x decoupled CE with binarised targets, lam_power and the less/more modes) "
+                         "and test_official_batch_reduction (two-class and one-class means added, no decoupled "
+                         "term at lam = 0.5 or a share <= 1e-3) follow openmixup's soft_mix_cross_entropy")
+    deviations = ("the official code's k-mixup (k > 2 classes per sample) is not supported: mixup and cutmix "
+                  "here mix two samples",)
     modifies = frozenset({"loss_objective"})
     order = 60
     summary = "mixup loss plus a decoupled-softmax regularizer that mines hard mixed samples"
     requires = frozenset({"classification"})
 
-    def __init__(self, eta: float = 0.1, lam_power: float = 0.0, mode: str = "both") -> None:
+    def __init__(self, eta: float = 0.1, lam_power: float = 0.0, mode: str = "both",
+                 reduction: str = "official") -> None:
         if eta < 0:
             raise ConfigError(f"decoupled mixup: eta must be >= 0, got {eta}")
         if mode not in MODES:
             raise ConfigError(f"decoupled mixup: mode must be one of {MODES}, got '{mode}'")
-        super().__init__(eta=eta, lam_power=lam_power, mode=mode)
-        self.eta, self.lam_power, self.mode = float(eta), float(lam_power), mode
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"decoupled mixup: reduction must be one of {REDUCTIONS}, got '{reduction}'")
+        super().__init__(eta=eta, lam_power=lam_power, mode=mode, reduction=reduction)
+        self.eta, self.lam_power, self.mode, self.reduction = float(eta), float(lam_power), mode, reduction
 
     def loss(self, outputs: torch.Tensor, batch: Batch, state: TrainState, base_loss: torch.Tensor) -> torch.Tensor:
         mix = batch.meta.get("mix")
@@ -134,7 +160,7 @@ class DecoupledMixup(Technique):
         if state.task is not None and state.task.label_smoothing:
             raise ConfigError("decoupled-mixup and label smoothing cannot be combined (the DM targets are binarised)")
         return decoupled_mixup_loss(outputs, mix["labels_a"], mix["labels_b"], mix["lam"], self.eta,
-                                    self.lam_power, self.mode)
+                                    self.lam_power, self.mode, self.reduction)
 
 
 _QUOTE = ("DM enables static mixup methods to achieve comparable or even exceed the performance of dynamic "
