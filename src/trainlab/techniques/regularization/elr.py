@@ -26,6 +26,10 @@ mixed soft targets, the regularizer's target is the mixture lam * t_i + (1 - lam
 the *unmixed* samples (one extra forward pass without gradients, in eval mode). ELR+ itself (two
 networks, weight averaging, co-divide) is not implemented.
 
+The paper's symmetric noise redraws a label from ALL classes (official code, data_loader/cifar10.py), so
+40% noise leaves 36% of the labels wrong with 10 classes; the claims here use that convention
+(noise_kind="symmetric-all", see trainlab.tasks.wrappers), not the default "symmetric" (always another class).
+
 Plain PyTorch::
 
     import torch
