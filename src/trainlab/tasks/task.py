@@ -133,7 +133,7 @@ class Task:
     # data wrappers
     train_subset: int | None = None
     label_noise: float = 0.0
-    noise_kind: str = "symmetric"   # symmetric | pairwise
+    noise_kind: str = "symmetric"   # symmetric (to another class) | symmetric-all (from all classes) | pairwise
     imbalance: float | None = None  # ratio of rarest to most frequent class, e.g. 0.1
     shift: str | None = None        # None | "rotate" | "invert": evaluate on a shifted test domain
     description: str = ""
