@@ -150,3 +150,33 @@ def test_perplexity_never_overflows():
 
     m = lm_evaluate(Huge(), torch.zeros(2, 4).long(), torch.ones(2, 4).long())
     assert m["loss"] == pytest.approx(1e4) and math.isfinite(m["ppl"])
+
+
+REG_FILE = '''
+import torch
+import torch.nn.functional as F
+from trainlab import DataBundle, Task
+
+def data():
+    x = torch.linspace(-1, 1, 96).reshape(-1, 1)
+    return DataBundle(x[::2], 3 * x[::2], x[1::2], 3 * x[1::2], name="line")
+
+def model(input_shape, num_classes):
+    return torch.nn.Linear(1, 1)
+
+def metrics(model, x, y):
+    return {"mae": float((model(x) - y).abs().mean())}
+
+line = Task("line", make_data=data, make_model=model, epochs=2, batch_size=16, lr=0.05, loss_fn=F.mse_loss,
+            evaluate=metrics)
+'''
+
+
+def test_cli_train_prints_the_task_own_metrics(tmp_path, capsys):
+    from trainlab.cli import main
+
+    path = tmp_path / "reg_task.py"
+    path.write_text(REG_FILE)
+    assert main(["train", "--task", f"{path}:line", "--no-store", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("line: finished  test_mae ") and "test_acc" not in out and "nan" not in out
