@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--suite", default="quick", choices=["quick", "full"])
             s.add_argument("--out", type=Path, help="report folder (default: reports/<suite>)")
+            s.add_argument("--fdr", type=_fraction, help="also judge the suite at this false-discovery rate (Benjamini-Hochberg over the claims), e.g. 0.05")
         s.add_argument("--seeds", type=_positive_int, help="seeds per arm (default: each claim's own)")
         s.add_argument("--executor", default="local", choices=["local", "ray"])
         s.add_argument("--workers", type=_positive_int, help="parallel runs (default: one per core)")
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild a report from the run store, without training.")
     s.add_argument("--suite", default="quick", choices=["quick", "full"])
     s.add_argument("--out", type=Path)
+    s.add_argument("--fdr", type=_fraction, help="also judge the suite at this false-discovery rate (Benjamini-Hochberg over the claims), e.g. 0.05")
     s.add_argument("--store", type=Path, help=_STORE_HELP)
 
     s = sub.add_parser("prune", help="train with HESSO structured pruning and build the smaller network",
@@ -310,8 +312,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     f = result.final
     if result.status == "diverged":
         print(f"diverged at step {result.diverged_step} (non-finite loss)", file=sys.stderr)
-    print(f"{task.name}: {result.status}  test_acc {f.get('test_acc', float('nan')):.4f}  "
-          f"test_loss {f.get('test_loss', float('nan')):.4f}  ece {f.get('test_ece', float('nan')):.4f}  "
+    shown = [k for k in ("test_acc", "test_loss", "test_ece") if k in f] if "test_acc" in f else \
+        [k for k in f if k.startswith("test_")]   # a task's own metrics (not classification)
+    print(f"{task.name}: {result.status}  " + "  ".join(f"{k} {f[k]:.4f}" for k in shown) + "  "
           f"{wall:.1f} s total, {result.time_per_step * 1e3:.2f} ms/step, {result.params:,} parameters")
     return 0 if result.status == "finished" else 1
 
@@ -360,16 +363,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     results = run_suite(args.suite, **_check_kwargs(args))
     wall = time.perf_counter() - t0
     out = args.out or Path("reports") / args.suite
-    files = _write_report(results, out, f"trainlab {args.suite} suite", wall)
+    files = _write_report(results, out, f"trainlab {args.suite} suite", wall, args.fdr)
     print(f"{args.suite} suite: {len(results)} claims in {wall / 60:.1f} min; report: {files['html']}")
     return 0
 
 
-def _write_report(results, out: Path, title: str, wall: float | None = None) -> dict[str, Path]:
+def _write_report(results, out: Path, title: str, wall: float | None = None, fdr: float | None = None) -> dict[str, Path]:
     from trainlab.claims.report import write_report
 
     provenance = {"suite_wall_seconds": round(wall, 1)} if wall is not None else {}
-    return write_report(results, out, title=title, provenance=provenance)
+    return write_report(results, out, title=title, provenance=provenance, fdr=fdr)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got '{text}'") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {value}")
+    return value
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -385,7 +398,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             results.append(r)
     if not results:
         raise ConfigError(f"the store {st.path} has no runs of the {args.suite} suite; run `trainlab bench --suite {args.suite}`")
-    files = _write_report(results, args.out or Path("reports") / args.suite, f"trainlab {args.suite} suite")
+    files = _write_report(results, args.out or Path("reports") / args.suite, f"trainlab {args.suite} suite", fdr=args.fdr)
     print(f"report of {len(results)} claims: {files['html']}")
     return 0
 
