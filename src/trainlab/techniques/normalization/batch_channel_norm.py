@@ -212,6 +212,8 @@ class WSBCN(Technique):
         "every convolution is standardized; the authors standardize only convolutions followed by a "
         "normalization layer",
         "groups: the largest divisor of C up to 32 where 32 does not divide C (the authors' code always uses 32)",
+        "on [N, C] feature vectors (no spatial axis) the channel part uses groups of at least 16 channels "
+        "(the paper defines BCN for images only)",
     )
     modifies = frozenset({"norm_layers", "model"})
     summary = "micro-batch training: standardized conv weights, batch norm with estimates + group norm"
