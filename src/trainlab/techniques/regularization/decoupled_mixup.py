@@ -53,7 +53,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainlab.claims.claim import Claim, PaperSetting, arm
+from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
 from trainlab.errors import ConfigError
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Batch, Paper, Technique, TrainState
@@ -184,6 +184,8 @@ CLAIMS = [
     Claim(
         id="mixup-plus-dm-vs-erm-mnist1d", technique="decoupled-mixup", task="mnist1d-mlp",
         metric="test_acc", direction="higher", treatment=_MIXUP_DM, baseline=arm(label="ERM (no mixing)"),
+        preconditions=(Precondition("train_acc - test_acc", ">=", 0.05, arm="baseline", over="mean",
+                                    why="the ERM baseline overfits: mixing regularizes against overfitting"),),
         seeds=10, suites=("full",),
         paper_quote="", paper_number="(not restated: the paper's tables could not be read in this environment)",
         paper_scale=_SCALE, paper_setting=_SETTING,
