@@ -441,7 +441,9 @@ CLAIMS = [
         preconditions=(_DENSE_LEARNS,),
         notes=("Non-inferiority: reproduced when the whole 95% interval of (HESSO - dense) test accuracy lies above "
                "-1 point. The margin is fixed in advance, looser than the tutorial's 0.11 points because 1 point of "
-               "digits' 360 test images is 3.6 images. Both arms train the same steps with the same schedule."),
+               "digits' 360 test images is 3.6 images. Both arms train the same steps with the same schedule. The dense "
+               "CNN is near the ceiling here (99.2-99.7%) and has spare width, so this is an easy setting for "
+               "non-inferiority; it says nothing yet about the paper's harder settings."),
     ),
     Claim(
         id="hesso-digits-vs-magnitude-finetune",
@@ -456,11 +458,14 @@ CLAIMS = [
         paper_scale=_DIGITS_SCALE,
         paper_setting=_PAPER_SETTING,
         min_effect=0.0,
-        seeds=5,
+        seeds=8,
         notes=("The fair one-run baseline: the same groups, the same number removed at the same step as HESSO "
                "finishes, the same remaining 75% of training for both. A win says HESSO's saliency-driven, progressive "
                "selection beats one-shot magnitude pruning at that point; the paper does not run this baseline. No "
-               "precondition of its own: neither arm is the dense model; hesso-digits-vs-dense checks that it learns."),
+               "precondition of its own: neither arm is the dense model; hesso-digits-vs-dense checks that it learns. "
+               "Measured: 5 seeds were inconclusive (+0.4 pt, 95% CI -0.1 to +1.0; the harness estimated 6 seeds to "
+               "decide), so the claim runs 8; the 8-seed interval (+0.03 to +0.73 pt) is not corrected for that "
+               "second look."),
     ),
     Claim(
         id="hesso-digits-vs-magnitude-oneshot",
