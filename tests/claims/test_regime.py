@@ -193,3 +193,12 @@ def test_a_single_collapsed_seed_is_named_and_the_verdict_shown_without_it(tmp_p
     assert result.analysis.n == 3 and result.analysis_without_collapsed.n == 2
     line = verdict_line(result)
     assert "seed(s) [1] of the baseline arm collapsed" in line and "without them:" in line
+
+
+def test_the_console_line_keeps_the_fidelity_tag(tmp_path, capsys):
+    """Square brackets in a verdict line are text, not console markup (a stand-in's tag once vanished)."""
+    from trainlab.claims.api import _RunProgress
+
+    with _RunProgress(True) as prog:
+        prog.note("c: out of regime [this stand-in of x, not the paper's method]  +1.0 pt")
+    assert "[this stand-in of x, not the paper's method]" in capsys.readouterr().err

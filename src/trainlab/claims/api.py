@@ -187,7 +187,7 @@ class _RunProgress:
         todo = len({s.key for s in specs} - done)
         skipped = len({s.key for s in specs}) - todo
         if skipped:
-            self.console.print(f"{skipped} runs already in the store {store.path}: skipped")
+            self.console.print(f"{skipped} runs already in the store {store.path}: skipped", markup=False)
         self.progress.start()
         self.bar = self.progress.add_task("runs", total=todo)
 
@@ -201,12 +201,12 @@ class _RunProgress:
         if result.status == "failed":
             detail = (result.error or "").splitlines()[0][:120] if result.error else ""
         self.console.print(f"[{count}/{total}] {spec.claim_id}{self.on_task} {spec.arm} seed {spec.seed}: {result.status} {detail} "
-                           f"({result.train_seconds:.1f} s training)")
+                           f"({result.train_seconds:.1f} s training)", markup=False, highlight=False)
         self.progress.update(self.bar, completed=count)
 
     def note(self, text: str, style: str | None = None) -> None:
         if self.enabled:
-            self.console.print(text, style=style, highlight=False)
+            self.console.print(text, style=style, highlight=False, markup=False)
 
     def __exit__(self, *exc: Any) -> None:
         if self.progress is not None:
