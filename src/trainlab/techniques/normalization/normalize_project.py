@@ -293,6 +293,7 @@ class PermutedLabelSequence(Technique):
     family = "normalization"
     paper = PAPER
     fidelity = "control"  # the benchmark's task sequence, used in every arm; not the paper's method
+    requires = frozenset({"classification"})  # it permutes or redraws class labels
     modifies = frozenset({"batch"})
     order = 5  # change the labels before any other batch transform sees them
     summary = "diagnostic task sequence: labels re-permuted (or re-randomized) every k epochs"
