@@ -116,3 +116,18 @@ def test_ray_executor_end_to_end(tmp_path):
     assert remote.seeds == [0, 1, 2]
     assert remote.treatment_values == local.treatment_values  # same runs, same numbers
     assert len(Store(tmp_path / "b.sqlite").runs()) == 6
+
+
+def test_a_technique_version_past_1_enters_the_run_key(monkeypatch):
+    """Runs stored by an older version of a technique are not reused for a changed one."""
+    from trainlab.claims.runner import RunSpec
+    from trainlab.tasks.registry import get_task
+    from trainlab.techniques.registry import get_technique
+
+    spec = lambda: RunSpec("c", "treatment", get_task("digits-mlp"), [("mixup", {})], 0)  # noqa: E731
+    assert "technique_versions" not in spec().config()  # version 1: keys as before versions existed
+    key_v1 = spec().key
+    monkeypatch.setattr(get_technique("mixup"), "version", 2)
+    assert spec().config()["technique_versions"] == {"mixup": 2}
+    assert spec().key != key_v1
+    assert RunSpec("c", "treatment", get_task("digits-mlp"), [("sso", {})], 0).config()["technique_versions"] == {"sso": 2}

@@ -40,8 +40,19 @@ class RunSpec:
         self.key = run_key(self.config())
 
     def config(self) -> dict[str, Any]:
-        return {"task": {"name": self.task.name, **self.task.budget()},
-                "techniques": [[n, dict(s)] for n, s in self.techniques], "seed": self.seed, "device": self.device}
+        config = {"task": {"name": self.task.name, **self.task.budget()},
+                  "techniques": [[n, dict(s)] for n, s in self.techniques], "seed": self.seed, "device": self.device}
+        versions = technique_versions(n for n, _ in self.techniques)
+        if versions:  # only techniques past version 1, so unchanged techniques keep their run keys
+            config["technique_versions"] = versions
+        return config
+
+
+def technique_versions(names: Any) -> dict[str, int]:
+    """Technique name -> version, for the techniques whose behaviour changed since version 1."""
+    from trainlab.techniques.registry import get_technique
+
+    return {n: get_technique(n).version for n in names if get_technique(n).version > 1}
 
 
 def arm_task(claim: Claim, arm: Arm, task: Task | str | None = None) -> Task:

@@ -138,6 +138,9 @@ class Technique:
     deviations: ClassVar[tuple[str, ...]] = ()
     #: for "exact": what the comparison with the official code is (the test, the reference)
     fidelity_evidence: ClassVar[str] = ""
+    #: raised when the technique's behaviour changes for the same settings, so that runs stored
+    #: by an older version are not reused as if they were runs of this one (it enters run keys)
+    version: ClassVar[int] = 1
     modifies: ClassVar[frozenset[str]] = frozenset()
     #: lower runs first in the composed order (batch transforms, loss wrapping, gradient hooks)
     order: ClassVar[int] = 50

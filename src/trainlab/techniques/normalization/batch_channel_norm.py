@@ -200,6 +200,7 @@ class WSBCN(Technique):
     """Weight Standardization on the convolutions + Batch-Channel Normalization for the norms."""
 
     name = "ws-bcn"
+    version = 2  # 2: correct group statistics on [N, C] features and [N, L, C] tokens (or a refusal)
     family = "normalization"
     paper = PAPER
     fidelity = "variant"

@@ -250,6 +250,7 @@ class ConvertNorms(Technique):
     """Replace the model's BatchNorm/GroupNorm/LayerNorm layers by a named norm."""
 
     name = "convert-norms"
+    version = 2  # 2: correct group statistics on [N, C] features and [N, L, C] tokens (or a refusal)
     family = "normalization"
     paper = None
     fidelity = "control"  # model surgery, not a paper's method: it swaps one norm for another

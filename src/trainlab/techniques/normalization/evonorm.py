@@ -193,6 +193,7 @@ class EvoNorm(Technique):
     """Replace each norm (and the activation right after it, in Sequential blocks) by an EvoNorm."""
 
     name = "evonorm"
+    version = 2  # 2: correct group statistics on [N, C] features and [N, L, C] tokens (or a refusal)
     family = "normalization"
     paper = PAPER
     fidelity = "exact"

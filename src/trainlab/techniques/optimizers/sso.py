@@ -130,6 +130,7 @@ class SSO(Technique):
     """SSO in the Trainer: the Trainer's step is the first surrogate step; after_step adds m - 1."""
 
     name = "sso"
+    version = 2  # 2: weight decay once per outer step
     family = "optimizers"
     paper = PAPER
     modifies = frozenset({"loss_objective", "optimizer"})

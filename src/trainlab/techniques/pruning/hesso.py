@@ -332,6 +332,7 @@ class HESSOTechnique(Technique):
     """
 
     name = "hesso"
+    version = 2  # 2: groups hold the output side only
     family = "pruning"
     paper = PAPER
     fidelity = "variant"

@@ -70,6 +70,7 @@ class MagnitudeGroupPrune(Technique):
     followed by the rest of the training with those groups held at zero)."""
 
     name = "magnitude-group-prune"
+    version = 2  # 2: output-side groups, ranked within their layer
     family = "pruning"
     paper = Paper(title="Pruning Filters for Efficient ConvNets", authors="Li, Kadav, Durdanovic, Samet, Graf",
                   year=2017, arxiv="1608.08710")

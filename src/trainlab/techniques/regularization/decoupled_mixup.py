@@ -128,6 +128,7 @@ class DecoupledMixup(Technique):
     """Replace the mixup cross-entropy by MCE + eta * decoupled regularizer (needs mixup or cutmix)."""
 
     name = "decoupled-mixup"
+    version = 2  # 2: the official code's batch reduction is the default
     family = "regularization"
     paper = PAPER
     fidelity = "exact"
