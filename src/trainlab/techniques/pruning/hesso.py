@@ -46,6 +46,7 @@ See HESSOTechnique.deviations for every known difference from the official optim
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterable, Mapping
 
@@ -424,19 +425,15 @@ _DIGITS_SCALE = ("paper: ResNet18 on 50k CIFAR-10 images for 100 epochs (11M par
                  "(1,437 8x8 training images), a 19.6k-parameter BatchNorm CNN (96 pruning groups), 15 epochs, CPU")
 
 
+# the digits claims share their treatment, task and the paper's setting; each sets its baseline
+_digits_claim = functools.partial(
+    Claim, technique="hesso", task="digits-cnn", metric="test_acc", direction="higher", treatment=_HESSO,
+    paper_quote=_QUOTE, paper_number=_TUTORIAL, paper_scale=_DIGITS_SCALE, paper_setting=_PAPER_SETTING)
+
 CLAIMS = [
-    Claim(
+    _digits_claim(
         id="hesso-digits-vs-dense",
-        technique="hesso",
-        task="digits-cnn",
-        metric="test_acc",
-        direction="higher",
-        treatment=_HESSO,
         baseline=_DENSE,
-        paper_quote=_QUOTE,
-        paper_number=_TUTORIAL,
-        paper_scale=_DIGITS_SCALE,
-        paper_setting=_PAPER_SETTING,
         margin=0.01,
         seeds=5,
         preconditions=(_DENSE_LEARNS,),
@@ -446,18 +443,9 @@ CLAIMS = [
                "CNN is near the ceiling here (99.2-99.7%) and has spare width, so this is an easy setting for "
                "non-inferiority; it says nothing yet about the paper's harder settings."),
     ),
-    Claim(
+    _digits_claim(
         id="hesso-digits-vs-magnitude-finetune",
-        technique="hesso",
-        task="digits-cnn",
-        metric="test_acc",
-        direction="higher",
-        treatment=_HESSO,
         baseline=_MAG_FT,
-        paper_quote=_QUOTE,
-        paper_number=_TUTORIAL,
-        paper_scale=_DIGITS_SCALE,
-        paper_setting=_PAPER_SETTING,
         min_effect=0.0,
         seeds=8,
         notes=("The fair one-run baseline: the same groups, the same number removed at the same step as HESSO "
@@ -468,18 +456,9 @@ CLAIMS = [
                "decide), so the claim runs 8; the 8-seed interval (+0.03 to +0.73 pt) is not corrected for that "
                "second look."),
     ),
-    Claim(
+    _digits_claim(
         id="hesso-digits-vs-magnitude-oneshot",
-        technique="hesso",
-        task="digits-cnn",
-        metric="test_acc",
-        direction="higher",
-        treatment=_HESSO,
         baseline=_MAG_ONESHOT,
-        paper_quote=_QUOTE,
-        paper_number=_TUTORIAL,
-        paper_scale=_DIGITS_SCALE,
-        paper_setting=_PAPER_SETTING,
         min_effect=0.0,
         seeds=5,
         preconditions=(_DENSE_BEFORE_PRUNING_LEARNS,),

@@ -50,6 +50,7 @@ Plain PyTorch: the building blocks are ``PolicyGenerator`` (pair -> lam) and ``I
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, Mapping
 
 import torch
@@ -276,40 +277,37 @@ _NUMBER = "(not restated: the paper's Table 1 could not be read in this environm
 _VARIANT = ("Tests this project's variant of AdaMixUp (fidelity: variant; see AdaMixUp.deviations: a shared forward "
             "pass for the discriminator and a separate optimizer for the policy networks). ")
 
+# every AdaMixUp claim shares its treatment, metric and the paper's words; each sets its baseline and data
+_claim = functools.partial(
+    Claim, technique="adamixup", metric="test_acc", direction="higher", treatment=arm("adamixup"),
+    suites=("full",), paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING)
+_MIXUP = arm(("mixup", {"alpha": 1.0}))
+_ERM = arm(label="ERM (no mixing)")
+
 CLAIMS = [
-    Claim(
-        id="adamixup-vs-mixup-mnist1d", technique="adamixup", task="mnist1d-mlp", metric="test_acc",
-        direction="higher", treatment=arm("adamixup"), baseline=arm(("mixup", {"alpha": 1.0})), seeds=10,
-        suites=("full",), overrides=MNIST1D_OVERFIT, paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
-        paper_setting=_SETTING,
+    _claim(
+        id="adamixup-vs-mixup-mnist1d", task="mnist1d-mlp", baseline=_MIXUP, seeds=10, overrides=MNIST1D_OVERFIT,
         notes=_VARIANT + "MNIST-1D with an MLP (60 epochs, Adam: the setting in which plain training overfits); "
               "mixup alpha=1 (the paper's MixUp baseline uses alpha=1). The policy generator is an MLP of the same "
               "shape. Whether plain training overfits here (the regime of mixing) is checked by "
               "adamixup-vs-erm-mnist1d, which shares the AdaMixUp runs.",
     ),
-    Claim(
-        id="adamixup-vs-erm-mnist1d", technique="adamixup", task="mnist1d-mlp", metric="test_acc",
-        direction="higher", treatment=arm("adamixup"), baseline=arm(label="ERM (no mixing)"), seeds=10,
-        suites=("full",), overrides=MNIST1D_OVERFIT, preconditions=OVERFITS, paper_quote=_QUOTE,
-        paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING,
+    _claim(
+        id="adamixup-vs-erm-mnist1d", task="mnist1d-mlp", baseline=_ERM, seeds=10, overrides=MNIST1D_OVERFIT,
+        preconditions=OVERFITS,
         notes=_VARIANT + "AdaMixUp against plain training, with the regime check that plain training overfits; "
               "shares its runs with adamixup-vs-mixup-mnist1d and mixup-mnist1d.",
     ),
-    Claim(
-        id="adamixup-vs-mixup-cifar10-cnn", technique="adamixup", task="cifar10-cnn", metric="test_acc",
-        direction="higher", treatment=arm("adamixup"), baseline=arm(("mixup", {"alpha": 1.0})), seeds=5,
-        suites=("full",), overrides=CIFAR10_OVERFIT, paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
-        paper_setting=_SETTING,
+    _claim(
+        id="adamixup-vs-mixup-cifar10-cnn", task="cifar10-cnn", baseline=_MIXUP, seeds=5, overrides=CIFAR10_OVERFIT,
         notes=_VARIANT + "The mixup claim's overfitting setting (1,000 CIFAR-10 images, no augmentation, batch 32, "
               "60 epochs; shares the mixup runs); the generator doubles the cost of a step. The regime (plain "
               "training overfits) is checked by adamixup-vs-erm-cifar10-cnn. The earlier setting (10k images with "
               "crop-flip, 15 epochs) underfit; inconclusive there.",
     ),
-    Claim(
-        id="adamixup-vs-erm-cifar10-cnn", technique="adamixup", task="cifar10-cnn", metric="test_acc",
-        direction="higher", treatment=arm("adamixup"), baseline=arm(label="ERM (no mixing)"), seeds=5,
-        suites=("full",), overrides=CIFAR10_OVERFIT, preconditions=OVERFITS, paper_quote=_QUOTE,
-        paper_number=_NUMBER, paper_scale=_SCALE, paper_setting=_SETTING,
+    _claim(
+        id="adamixup-vs-erm-cifar10-cnn", task="cifar10-cnn", baseline=_ERM, seeds=5, overrides=CIFAR10_OVERFIT,
+        preconditions=OVERFITS,
         notes=_VARIANT + "AdaMixUp against plain training with the regime check; shares its runs with "
               "adamixup-vs-mixup-cifar10-cnn and mixup-cifar10-cnn.",
     ),
