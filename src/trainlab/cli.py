@@ -348,10 +348,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from trainlab.claims.registry import resolve
 
     claims = resolve(args.name)
-    if args.task is not None:  # the user's own task: a broken one is one error line, before any run
-        from trainlab.tasks.registry import get_task
-
-        _preflight(get_task(args.task), [], 0, args.device)
+    # a broken user task is one error line before any run: check_claims' preflight sets it up first
     results = check_claims(claims, task=args.task, **_check_kwargs(args))
     return 0 if all(r.analysis is not None for r in results) else 1
 
