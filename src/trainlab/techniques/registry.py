@@ -44,6 +44,12 @@ TECHNIQUE_MODULES: list[str] = [
     "trainlab.techniques.regularization.orthogonal_conv",
     "trainlab.techniques.pruning.hesso",
     "trainlab.techniques.pruning.magnitude",
+    # diagnostics: probes (techniques that measure and change nothing) and the papers' laws as claims
+    "trainlab.diagnostics.curvature",
+    "trainlab.diagnostics.collapse",
+    "trainlab.diagnostics.similarity",
+    "trainlab.diagnostics.intrinsic_dimension",
+    "trainlab.diagnostics.coherence",
 ]
 
 _REGISTRY: dict[str, type[Technique]] = {}

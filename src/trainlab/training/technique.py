@@ -108,6 +108,7 @@ class TrainState:
     outputs: torch.Tensor | None = None     # outputs of the current step's forward pass
     batch: Batch | None = None               # the current step's (transformed) batch
     task: Any = None                         # the Task being trained
+    data: Any = None                         # the run's DataBundle (train and test tensors)
     loss_fn: Any = None                      # base loss: loss_fn(outputs, targets) -> scalar
     #: generator for a technique's own randomness; seeded per run, separate from data order
     generator: torch.Generator | None = None

@@ -177,7 +177,7 @@ def setup_run(task: Task | str, techniques: Sequence[TechniqueLike] = (), seed: 
     state = TrainState(
         epochs=task.epochs, steps_per_epoch=steps_per_epoch, num_classes=data.num_classes, num_train=n_train,
         seed=seed, device=device, model=model, optimizer=optimizer,
-        generator=torch.Generator().manual_seed(seed + 12_345), task=task, loss_fn=_loss_fn(task),
+        generator=torch.Generator().manual_seed(seed + 12_345), task=task, loss_fn=_loss_fn(task), data=data,
     )
     return RunSetup(task, techs, model, train_model, optimizer, scheduler, state, params, data, dist)
 
