@@ -5,6 +5,15 @@ of techniques with settings, plus task overrides (e.g. a different batch size or
 placement). The harness runs both arms on the same seeds and decides reproduced / contradicted /
 inconclusive from the paired differences (treatment - baseline).
 
+`baseline_scale` compares the treatment with a multiple of the baseline (0.9: "reaches 90% of the
+baseline's accuracy"); the differences are then treatment - 0.9 x baseline.
+
+A ONE-ARM claim (`reference=...`) states a property of one arm instead, e.g. a diagnostic law such as
+"trace(H) <= 2/eta": only the treatment arm runs, and per seed the metric is paired with the
+reference, a number or another metric of the same run (metric="hessian_trace",
+reference="stability_limit", direction="lower"). The same statistics then read the differences
+metric - reference; direction, min_effect and margin apply to them.
+
 Metrics (see trainlab.claims.metrics): any key of a run's final metrics, e.g. "test_acc",
 "test_loss", "test_ece", "train_loss", or a key a technique or probe logs per epoch;
 "best:test_acc" (best epoch); "epochs_to:test_acc>=0.95" (first epoch reaching the threshold,
@@ -18,9 +27,11 @@ shown, marked as outside the paper's regime).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from trainlab.claims.metrics import validate
 from trainlab.errors import ConfigError
 
 TechniqueRef = tuple[str, Mapping[str, Any]]
@@ -51,8 +62,6 @@ class Precondition:
     why: str = ""
 
     def __post_init__(self) -> None:
-        from trainlab.claims.metrics import validate
-
         if self.op not in PRECONDITION_OPS:
             raise ConfigError(f"precondition on '{self.metric}': op must be one of {PRECONDITION_OPS}, got {self.op!r}")
         if self.arm not in ("baseline", "treatment"):
@@ -158,10 +167,16 @@ class Claim:
     #: arms that may sit at chance without making the comparison degenerate (e.g. a network at
     #: initialization, a learning rate meant to fail); see trainlab.claims.regime
     allow_collapse: tuple[str, ...] = ()
+    #: one-arm claims: what each seed's metric is compared with, a number or a metric of the same
+    #: run (e.g. "stability_limit"); None for a two-arm claim
+    reference: str | float | None = None
+    #: two-arm claims: compare the treatment with baseline_scale x baseline (0.9: "90% of the baseline")
+    baseline_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if set(self.allow_collapse) - {"baseline", "treatment"}:
             raise ConfigError(f"claim '{self.id}': allow_collapse names arms 'baseline' and/or 'treatment'")
+        self._check_reference()
         if not all(isinstance(p, Precondition) for p in self.preconditions):
             raise ConfigError(f"claim '{self.id}': preconditions must be Precondition objects")
         if self.direction not in ("higher", "lower"):
@@ -175,6 +190,56 @@ class Claim:
         bad = set(self.suites) - {"quick", "full"}
         if bad:
             raise ConfigError(f"claim '{self.id}': unknown suites {sorted(bad)}")
+
+    def _check_reference(self) -> None:
+        scale = self.baseline_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise ConfigError(f"claim '{self.id}': baseline_scale must be a number > 0, got {scale!r}")
+        ref = self.reference
+        if ref is None:
+            return
+        if isinstance(ref, bool) or not isinstance(ref, (str, int, float)):
+            raise ConfigError(f"claim '{self.id}': reference must be a number or a metric name, got {ref!r}")
+        if isinstance(ref, str):
+            try:
+                float(ref)
+            except ValueError:
+                try:
+                    validate(ref)
+                except ConfigError as e:
+                    raise ConfigError(f"claim '{self.id}': reference: {e}") from None
+            else:
+                raise ConfigError(f"claim '{self.id}': reference {ref!r} is a number written as text; "
+                                  f"give it as a number (reference={ref})")
+        elif not math.isfinite(ref):
+            raise ConfigError(f"claim '{self.id}': reference must be a finite number, got {ref!r}")
+        if self.baseline != Arm():
+            raise ConfigError(f"claim '{self.id}': a one-arm claim (reference={ref!r}) runs the treatment arm only; "
+                              "leave baseline at its default (put shared settings in the claim's overrides)")
+        if scale != 1.0:
+            raise ConfigError(f"claim '{self.id}': baseline_scale is for two-arm claims; a one-arm claim "
+                              f"(reference={ref!r}) has no baseline to scale")
+        for p in self.preconditions:
+            if isinstance(p, Precondition) and p.arm != "treatment":
+                raise ConfigError(f"claim '{self.id}': a one-arm claim has no baseline runs; its precondition on "
+                                  f"'{p.metric}' must name arm='treatment'")
+        if "baseline" in self.allow_collapse:
+            raise ConfigError(f"claim '{self.id}': a one-arm claim has no baseline arm to allow_collapse")
+
+    @property
+    def one_arm(self) -> bool:
+        """True for a claim that compares one arm's metric with a reference."""
+        return self.reference is not None
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        """The arms that run: ("treatment",) for a one-arm claim, else ("baseline", "treatment")."""
+        return ("treatment",) if self.one_arm else ("baseline", "treatment")
+
+    def compared(self) -> str:
+        """What the paired differences are, in words, e.g. "hessian_trace - stability_limit",
+        "test_acc vs 0.9 x baseline", "test_acc"."""
+        return compared_text(self.to_dict())
 
     @property
     def sign(self) -> int:
@@ -192,4 +257,30 @@ class Claim:
             "preconditions": [p.to_dict() for p in self.preconditions],
             "paper_setting": self.paper_setting.to_dict() if self.paper_setting else None,
             "allow_collapse": list(self.allow_collapse),
+            "reference": self.reference, "baseline_scale": self.baseline_scale,
         }
+
+
+def is_one_arm(claim: Mapping[str, Any]) -> bool:
+    """Whether a claim given as Claim.to_dict() is a one-arm claim (older dicts: never)."""
+    return claim.get("reference") is not None
+
+
+def reference_text(claim: Mapping[str, Any]) -> str:
+    """What the treatment is compared with, from Claim.to_dict(): "baseline", "0.9 x baseline",
+    the reference metric's name, or the reference number."""
+    ref = claim.get("reference")
+    if ref is not None:
+        return f"{ref:g}" if isinstance(ref, (int, float)) else str(ref)
+    scale = claim.get("baseline_scale", 1.0)
+    return "baseline" if scale in (None, 1.0) else f"{scale:g} x baseline"
+
+
+def compared_text(claim: Mapping[str, Any]) -> str:
+    """The compared quantity, from Claim.to_dict(): "test_acc" (treatment - baseline),
+    "test_acc vs 0.9 x baseline", or "hessian_trace - stability_limit" (one-arm)."""
+    metric = str(claim.get("metric", ""))
+    if is_one_arm(claim):
+        return f"{metric} - {reference_text(claim)}"
+    scale = claim.get("baseline_scale", 1.0)
+    return metric if scale in (None, 1.0) else f"{metric} vs {reference_text(claim)}"

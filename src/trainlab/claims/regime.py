@@ -12,6 +12,10 @@ Both are judged on the stored runs of a claim, before the paired statistics are 
   chance while its paired run learns) are named, and the verdict is also computed without them,
   leaving the decision to the reader. A claim whose arm may legitimately sit at chance (a network
   at initialization, a learning rate meant to fail) lists that arm in `Claim.allow_collapse`.
+
+  A one-arm claim (Claim.reference) has no other arm: its treatment arm is degenerate when every
+  run collapsed (the model never learned, so what was measured is not a trained model's property),
+  unless the claim allows it; a single collapsed run is one that collapsed while other seeds learn.
 """
 from __future__ import annotations
 
@@ -120,7 +124,7 @@ def find_collapse(claim: Claim, runs_by_seed: Mapping[int, Mapping[str, Mapping[
     runs_by_seed: seed -> arm -> stored run. Returns {"degenerate_arms": [...], "collapsed":
     {arm: [seeds]}, "unpaired_collapse": [seeds where one arm collapsed and its pair learns],
     "detail": {arm: {seed: (test_acc, top_class_frac)}}}."""
-    arms = ("baseline", "treatment")
+    arms = claim.arms
     collapsed: dict[str, list[int]] = {a: [] for a in arms}
     learns: dict[str, list[int]] = {a: [] for a in arms}
     judged: dict[str, int] = {a: 0 for a in arms}
@@ -139,12 +143,17 @@ def find_collapse(claim: Claim, runs_by_seed: Mapping[int, Mapping[str, Mapping[
             if state[1]:
                 learns[a].append(seed)
     allowed = set(claim.allow_collapse)
-    degenerate = [a for a in arms if a not in allowed and judged[a] >= 2 and len(collapsed[a]) == judged[a]
-                  and learns[_other(a)]]
-    unpaired = sorted(
-        seed for a in arms if a not in allowed and a not in degenerate for seed in collapsed[a]
-        if seed in learns[_other(a)]
-    )
+    if claim.one_arm:  # no pair: judged against the arm's own other seeds
+        a = "treatment"
+        degenerate = [a] if a not in allowed and judged[a] >= 2 and len(collapsed[a]) == judged[a] else []
+        unpaired = sorted(collapsed[a]) if a not in allowed and not degenerate and learns[a] else []
+    else:
+        degenerate = [a for a in arms if a not in allowed and judged[a] >= 2 and len(collapsed[a]) == judged[a]
+                      and learns[_other(a)]]
+        unpaired = sorted(
+            seed for a in arms if a not in allowed and a not in degenerate for seed in collapsed[a]
+            if seed in learns[_other(a)]
+        )
     return {"degenerate_arms": degenerate, "collapsed": collapsed, "unpaired_collapse": unpaired,
             "detail": {a: {str(k): v for k, v in d.items()} for a, d in detail.items()}}
 

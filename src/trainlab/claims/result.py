@@ -30,7 +30,9 @@ class Analysis:
 class ClaimResult:
     claim: dict[str, Any]                     # Claim.to_dict()
     seeds: list[int]
-    baseline_values: list[float]              # per seed, paired with treatment_values
+    #: per seed, paired with treatment_values: what the treatment is compared with, i.e. the
+    #: baseline's values (times Claim.baseline_scale), or a one-arm claim's reference values
+    baseline_values: list[float]
     treatment_values: list[float]
     analysis: Analysis | None
     #: per arm ("baseline"/"treatment"): list over seeds of list over epochs of metric dicts
@@ -55,6 +57,14 @@ class ClaimResult:
     task: str = ""
     #: this run's scale beside the paper's: {"train_size", "epochs", "params"} of the treatment arm
     setting: dict[str, Any] = field(default_factory=dict)
+    #: per arm and probe: {"seconds_per_run", "train_seconds_per_run", "ratio", "measurements_per_run"}
+    #: (the probes' measuring seconds against the run's training seconds); {} without probes
+    probe_cost: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def one_arm(self) -> bool:
+        """True when the claim compared one arm's metric with a reference (no baseline runs)."""
+        return self.claim.get("reference") is not None
 
     @property
     def verdict(self) -> str:

@@ -3,17 +3,20 @@
 Pairing: seed i of the baseline and seed i of the treatment use the same seed, hence the same
 initialization (where the architectures match), the same data order and the same evaluation data.
 Runs are interleaved by seed (b0, t0, b1, t1, ...) so that machine-load drifts hit both arms.
+A one-arm claim (Claim.reference) plans the treatment runs only and pairs each seed's metric with
+its reference value (a number, or a metric of the same run).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import cloudpickle
 
-from trainlab.claims.claim import Arm, Claim
+from trainlab.claims.claim import Arm, Claim, compared_text, is_one_arm
 from trainlab.claims.executors import get_executor
-from trainlab.claims.metrics import metric_value, validate
+from trainlab.claims.metrics import is_accuracy, metric_value, validate
 from trainlab.claims.regime import (describe_precondition, evaluate_preconditions, failed_preconditions,
                                    find_collapse, outcome)
 from trainlab.claims.result import ClaimResult
@@ -63,10 +66,12 @@ def arm_task(claim: Claim, arm: Arm, task: Task | str | None = None) -> Task:
 def plan(claim: Claim, seeds: int | None = None, task: Task | str | None = None, device: str = "cpu",
          first_seed: int = 0) -> list[RunSpec]:
     validate(claim.metric)
+    if isinstance(claim.reference, str):
+        validate(claim.reference)
     n = claim.seeds if seeds is None else seeds  # seeds=0 is a mistake, not "the claim's default"
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ConfigError(f"a claim needs at least 2 seeds, got {n!r}")
-    arms = {"baseline": claim.baseline, "treatment": claim.treatment}
+    arms = {name: getattr(claim, name) for name in claim.arms}
     tasks = {name: arm_task(claim, a, task) for name, a in arms.items()}
     techs = {name: [(t, dict(s)) for t, s in a.techniques] for name, a in arms.items()}
     from trainlab.techniques.registry import get_technique
@@ -75,7 +80,7 @@ def plan(claim: Claim, seeds: int | None = None, task: Task | str | None = None,
         for name, _ in refs:
             get_technique(name)
     return [RunSpec(claim.id, name, tasks[name], techs[name], seed, device)
-            for seed in range(first_seed, first_seed + n) for name in ARMS]
+            for seed in range(first_seed, first_seed + n) for name in claim.arms]
 
 
 ResultCallback = Callable[[RunSpec, RunResult, int, int], None]
@@ -170,13 +175,17 @@ def _waiting_note(store: Store, busy: Sequence[RunSpec]) -> str:
 def collect(claim: Claim, specs: Sequence[RunSpec], store: Store, overhead: dict[str, Any] | None = None,
             n_resamples: int = 10_000) -> ClaimResult:
     """Pair the stored runs by seed, analyze the claim's metric, and judge what the verdict may
-    claim: the regime preconditions and collapsed (degenerate) arms (trainlab.claims.regime)."""
+    claim: the regime preconditions and collapsed (degenerate) arms (trainlab.claims.regime).
+
+    Two-arm claims pair treatment with baseline (times Claim.baseline_scale); one-arm claims pair
+    each treatment run's metric with its reference value, stored as the result's baseline_values."""
     from trainlab.claims.stats import analyze
 
+    arms = claim.arms
     by_seed: dict[int, dict[str, dict[str, Any]]] = {}
     rows_by_seed: dict[int, dict[str, dict[str, Any]]] = {}
-    counts = {a: {"finished": 0, "diverged": 0, "failed": 0, "missing": 0, "censored": 0} for a in ARMS}
-    curves: dict[str, list[list[dict[str, float]]]] = {a: [] for a in ARMS}
+    counts = {a: {"finished": 0, "diverged": 0, "failed": 0, "missing": 0, "censored": 0} for a in arms}
+    curves: dict[str, list[list[dict[str, float]]]] = {a: [] for a in arms}
     provenance: dict[str, Any] = {"data_fingerprints": set(), "code_versions": set()}
     errors: list[str] = []
     epochs = {s.arm: s.task.epochs for s in specs}
@@ -192,6 +201,8 @@ def collect(claim: Claim, specs: Sequence[RunSpec], store: Store, overhead: dict
         value, censored = metric_value(claim.metric, row, s.task.epochs)
         counts[s.arm]["censored"] += int(censored)
         by_seed.setdefault(s.seed, {})[s.arm] = {"value": value}
+        if claim.one_arm:  # the reference takes the baseline's place in the pair
+            by_seed[s.seed]["baseline"] = {"value": reference_value(claim, row, s.task.epochs)}
         rows_by_seed.setdefault(s.seed, {})[s.arm] = {**row, "seed": s.seed}
         curves[s.arm].append(row["epochs"])
         if row["data_fingerprint"]:
@@ -200,19 +211,20 @@ def collect(claim: Claim, specs: Sequence[RunSpec], store: Store, overhead: dict
         provenance["code_versions"].add(prov.get("code_version", ""))
         for k in ("torch_version", "device", "threads", "python"):
             provenance[k] = prov.get(k)
-    seeds = sorted(sd for sd, arms in by_seed.items() if len(arms) == 2)
-    base = [by_seed[sd]["baseline"]["value"] for sd in seeds]
+    seeds = sorted(sd for sd, pair in by_seed.items() if len(pair) == 2)
+    scale = claim.baseline_scale  # 1.0 for one-arm claims (validated in Claim)
+    base = [by_seed[sd]["baseline"]["value"] * scale for sd in seeds]
     treat = [by_seed[sd]["treatment"]["value"] for sd in seeds]
 
     def run_analysis(keep: Sequence[int]):
         if len(keep) < 2:
             return None
         return analyze([by_seed[sd]["treatment"]["value"] for sd in keep],
-                       [by_seed[sd]["baseline"]["value"] for sd in keep], claim.direction, claim.min_effect,
+                       [by_seed[sd]["baseline"]["value"] * scale for sd in keep], claim.direction, claim.min_effect,
                        n_resamples=n_resamples, margin=claim.margin)
 
     analysis = run_analysis(seeds)
-    arm_rows = {a: [rows_by_seed[sd][a] for sd in sorted(rows_by_seed) if a in rows_by_seed[sd]] for a in ARMS}
+    arm_rows = {a: [rows_by_seed[sd][a] for sd in sorted(rows_by_seed) if a in rows_by_seed[sd]] for a in arms}
     checks = evaluate_preconditions(claim, arm_rows, epochs)
     collapse = find_collapse(claim, {sd: rows_by_seed[sd] for sd in seeds})
     without = None
@@ -232,7 +244,46 @@ def collect(claim: Claim, specs: Sequence[RunSpec], store: Store, overhead: dict
                        analysis=analysis, curves=curves, overhead=overhead or {}, status_counts=counts,
                        provenance=provenance, outcome=outcome(analysis.verdict if analysis else None, checks, collapse),
                        preconditions=checks, collapse=collapse, analysis_without_collapsed=without,
-                       fidelity=technique_fidelity(claim), task=task_name, setting=setting)
+                       fidelity=technique_fidelity(claim), task=task_name, setting=setting,
+                       probe_cost=probe_cost(claim, curves))
+
+
+def reference_value(claim: Claim, run: dict[str, Any], planned_epochs: int) -> float:
+    """A one-arm claim's reference for one run: the number, or the reference metric of that run."""
+    if isinstance(claim.reference, str):
+        return metric_value(claim.reference, run, planned_epochs)[0]
+    return float(claim.reference)
+
+
+def diagnostics_techniques(arm: Arm) -> list[str]:
+    """Names of the arm's diagnostics-family techniques (probes)."""
+    from trainlab.techniques.registry import get_technique
+
+    return [n for n, _ in arm.techniques if get_technique(n).family == "diagnostics"]
+
+
+def probe_cost(claim: Claim, curves: dict[str, list[list[dict[str, float]]]]) -> dict[str, Any]:
+    """Per arm and probe, the seconds spent measuring per run against the run's training seconds,
+    from the probes' `probe_seconds_<name>` epoch keys (mean over the arm's runs)."""
+    from trainlab.diagnostics.probe import probe_seconds_key
+
+    out: dict[str, Any] = {}
+    for arm_name in claim.arms:
+        names = diagnostics_techniques(getattr(claim, arm_name))
+        runs = curves.get(arm_name) or []
+        if not names or not runs:
+            continue
+        train = [sum(row.get("train_seconds", 0.0) for row in run) for run in runs]
+        for name in names:
+            key = probe_seconds_key(name)
+            spent = [sum(row.get(key, 0.0) for row in run) for run in runs]
+            mean_train, mean_spent = sum(train) / len(train), sum(spent) / len(spent)
+            out.setdefault(arm_name, {})[name] = {
+                "seconds_per_run": mean_spent, "train_seconds_per_run": mean_train,
+                "ratio": mean_spent / mean_train if mean_train > 0 else float("nan"),
+                "measurements_per_run": sum(sum(key in row for row in run) for run in runs) / len(runs),
+            }
+    return out
 
 
 def technique_fidelity(claim: Claim) -> dict[str, Any]:
@@ -254,8 +305,20 @@ def technique_fidelity(claim: Claim) -> dict[str, Any]:
 
 
 def measure_claim_overhead(claim: Claim, task: Task | str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Per-step time and memory of treatment against baseline. A one-arm claim has no baseline:
+    its cost is that of its probes, which act at epoch ends (not per step) and are recorded in every
+    run (ClaimResult.probe_cost), so the per-step measurement is skipped with the reason."""
     from trainlab.claims.overhead import measure_overhead
 
+    if claim.one_arm:
+        probes = diagnostics_techniques(claim.treatment)
+        if probes:
+            why = (f"one-arm claim: its probes ({', '.join(probes)}) measure at epoch ends, not in training steps, "
+                   "so a per-step comparison with the arm without them says nothing; their measuring seconds "
+                   "per run are reported against the training seconds (probe cost)")
+        else:
+            why = "one-arm claim without probes: there is no other arm to compare its cost with"
+        return {"skipped": why}
     return measure_overhead(
         arm_task(claim, claim.baseline, task), list(claim.baseline.techniques),
         arm_task(claim, claim.treatment, task), list(claim.treatment.techniques), device=device,
@@ -277,7 +340,8 @@ def verdict_line(result: ClaimResult) -> str:
         counts = result.status_counts
         return f"{name}: failed  (runs finished: {counts})"
     scale, unit = metric_scale(c["metric"])
-    text = f"{name}: {result.verdict}{tag}  {_interval_text(a, c['metric'], scale, unit)}, {a.n} seeds"
+    compared = compared_text(c)
+    text = f"{name}: {result.verdict}{tag}  {_interval_text(a, compared, scale, unit)}, {a.n} seeds"
     if result.verdict in ("out of regime", "degenerate"):
         text += f" (interval alone: {a.verdict}; not a verdict)"
     o = result.overhead
@@ -286,6 +350,11 @@ def verdict_line(result: ClaimResult) -> str:
         load, cores = o.get("load_average_1min"), o.get("cpu_count")
         if o.get("time_ratio_reliable") is False or (load is not None and cores and load > cores):
             text += f" (timed with load {load:.1f} on {cores} cores: time ratio unreliable)"
+    for arm_name, probes in (result.probe_cost or {}).items():
+        for probe, cost in probes.items():
+            if cost.get("ratio") is not None and math.isfinite(cost["ratio"]):
+                text += (f", {probe} measuring {cost['seconds_per_run']:.1f} s per run "
+                         f"({cost['ratio']:.2f}x the {cost['train_seconds_per_run']:.1f} s of training)")
     if result.verdict == "inconclusive" and a.seeds_needed:
         text += f" (about {a.seeds_needed} seeds would likely decide)"
     diverged = {arm: n["diverged"] for arm, n in result.status_counts.items() if n.get("diverged")}
@@ -294,16 +363,22 @@ def verdict_line(result: ClaimResult) -> str:
     for check in failed_preconditions(result.preconditions):
         text += f"\n  out of regime: {describe_precondition(check)}" + (f" [{check['why']}]" if check.get("why") else "")
     collapse = result.collapse or {}
+    one_arm = is_one_arm(c)
     for arm in collapse.get("degenerate_arms", []):
         accs = ", ".join(f"seed {sd} acc {v[0]:.3f} top-class {v[1]:.2f}" for sd, v in collapse["detail"][arm].items())
-        text += (f"\n  degenerate: every {arm} run collapsed (constant predictions or chance accuracy) while the "
-                 f"other arm learns ({accs}): the technique broke the model on this task")
+        if one_arm:
+            text += (f"\n  degenerate: every {arm} run collapsed (constant predictions or chance accuracy) ({accs}): "
+                     "the model did not learn on this task, so its measurement is not of a trained model")
+        else:
+            text += (f"\n  degenerate: every {arm} run collapsed (constant predictions or chance accuracy) while the "
+                     f"other arm learns ({accs}): the technique broke the model on this task")
     if collapse.get("unpaired_collapse"):
         seeds = collapse["unpaired_collapse"]
         arms = [arm for arm, sds in collapse["collapsed"].items() if set(sds) & set(seeds)]
-        text += f"\n  collapsed run(s): seed(s) {seeds} of the {'/'.join(arms)} arm collapsed while the paired run learns"
+        text += (f"\n  collapsed run(s): seed(s) {seeds} of the {'/'.join(arms)} arm collapsed while "
+                 + ("other seeds learn" if one_arm else "the paired run learns"))
         w = result.analysis_without_collapsed
-        text += (f"; without them: {w.verdict} {_interval_text(w, c['metric'], scale, unit)}, {w.n} seeds"
+        text += (f"; without them: {w.verdict} {_interval_text(w, compared, scale, unit)}, {w.n} seeds"
                  if w is not None else "; too few seeds remain without them for an interval")
     return text
 
@@ -317,10 +392,11 @@ def _interval_text(a: Any, metric: str, scale: float, unit: str) -> str:
 
 def metric_scale(metric: str) -> tuple[float, str]:
     """Accuracy-like metrics print in percentage points."""
-    key = metric.split(":", 1)[-1]
-    if key.endswith("acc") and not metric.startswith("epochs_to"):
-        return 100.0, " pt"
-    return 1.0, ""
+    try:
+        accuracy = is_accuracy(metric)
+    except Exception:  # a metric that does not parse (an old stored result): print it as it is
+        accuracy = False
+    return (100.0, " pt") if accuracy else (1.0, "")
 
 
 def _digits(scale: float) -> int:
