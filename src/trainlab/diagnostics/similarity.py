@@ -220,13 +220,14 @@ PAIR_KEYS = ("seed_cka", "seed_matched_corr", "seed_semi_matched_corr", "seed_re
 
 def compare_networks(model: nn.Module, sibling: nn.Module, num_classes: int, test_x: torch.Tensor,
                      test_y: torch.Tensor, train_x: torch.Tensor, train_y: torch.Tensor,
-                     anchor_x: torch.Tensor, center: bool = False) -> dict[str, float]:
+                     anchor_x: torch.Tensor, center: bool = False, debiased: bool = False) -> dict[str, float]:
     """All pair measures between two networks' penultimate features (the classifier layer's input):
     on the test examples: linear CKA, mean correlation of bipartite- and semi-matched units, mean
     cosine of the two nets' relative (to the anchor inputs) and absolute features, CKA of the
     relative features; stitching: a linear head fitted on the model's (relative / absolute) features
     of the training examples, its accuracy on the sibling's test features (stitch) and on the
-    model's own (head). Both networks are read in their current mode."""
+    model's own (head). center: centered relative representations; debiased: debiased CKA. Both
+    networks are read in their current mode."""
     a_test = penultimate_features(model, test_x, num_classes).cpu()
     b_test = penultimate_features(sibling, test_x, num_classes).cpu()
     a_train = penultimate_features(model, train_x, num_classes).cpu()
@@ -239,12 +240,12 @@ def compare_networks(model: nn.Module, sibling: nn.Module, num_classes: int, tes
     head_abs = fit_linear_head(a_train, train_y, num_classes)
     head_rel = fit_linear_head(rel_a_train, train_y, num_classes)
     return {
-        "seed_cka": linear_cka(a_test, b_test),
+        "seed_cka": linear_cka(a_test, b_test, debiased),
         "seed_matched_corr": match_units(a_test, b_test).mean,
         "seed_semi_matched_corr": match_units(a_test, b_test, "semi").mean,
         "seed_rel_cosine": mean_cosine(rel_a_test, rel_b_test),
         "seed_abs_cosine": mean_cosine(a_test, b_test) if a_test.shape == b_test.shape else float("nan"),
-        "seed_rel_cka": linear_cka(rel_a_test, rel_b_test),
+        "seed_rel_cka": linear_cka(rel_a_test, rel_b_test, debiased),
         "seed_stitch_rel_acc": head_rel.accuracy(rel_b_test, test_y),
         "seed_stitch_abs_acc": head_abs.accuracy(b_test, test_y) if a_test.shape == b_test.shape else float("nan"),
         "seed_head_rel_acc": head_rel.accuracy(rel_a_test, test_y),
@@ -269,6 +270,8 @@ class SeedSimilarity(Probe):
     features and records the measures of `compare_networks` on the first `examples` test examples,
     with `anchors` anchor examples drawn uniformly (seeded) from the training set and the stitching
     heads fitted on the first `train_examples` training examples, plus the sibling's test accuracy.
+    center: relative representations with the anchors' mean subtracted (not the paper's);
+    debiased: CKA with the unbiased HSIC estimator.
 
     Cost: a second network is trained, so training takes about twice the compute and memory of
     the run without the probe; each measurement runs both networks over the selected examples.
@@ -291,22 +294,23 @@ class SeedSimilarity(Probe):
         PAIR_KEYS + tuple(k + "_init" for k in PAIR_KEYS) + ("sibling_test_acc",))
 
     def __init__(self, every: int = 1, seed_offset: int = 1000, examples: int = 1000, anchors: int = 300,
-                 train_examples: int = 2000, center: bool = False, **settings: Any) -> None:
+                 train_examples: int = 2000, center: bool = False, debiased: bool = False, **settings: Any) -> None:
         for key, value in (("examples", examples), ("anchors", anchors), ("train_examples", train_examples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise ConfigError(f"probe 'seed-similarity': {key} must be a whole number >= 2, got {value!r}")
         if isinstance(seed_offset, bool) or not isinstance(seed_offset, int):
             raise ConfigError(f"probe 'seed-similarity': seed_offset must be a whole number, got {seed_offset!r}")
         super().__init__(every=every, seed_offset=seed_offset, examples=examples, anchors=anchors,
-                         train_examples=train_examples, center=bool(center), **settings)
+                         train_examples=train_examples, center=bool(center), debiased=bool(debiased), **settings)
         self.seed_offset, self.examples, self.anchors = seed_offset, examples, anchors
-        self.train_examples, self.center = train_examples, bool(center)
+        self.train_examples, self.center, self.debiased = train_examples, bool(center), bool(debiased)
         self.sibling: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.anchor_index: torch.Tensor | None = None
         self.init_values: dict[str, float] = {}
         self._rng: torch.Tensor | None = None       # the sibling's own CPU random state
+        self._cuda_rng: torch.Tensor | None = None  # and CUDA one, on a GPU
         self._pending: Mapping[str, Any] | None = None
 
     @classmethod
@@ -323,14 +327,24 @@ class SeedSimilarity(Probe):
 
     # ---- the sibling's own random stream (dropout, ...): the run's stream is left untouched
     @contextlib.contextmanager
-    def _sibling_rng(self) -> Iterator[None]:
+    def _sibling_rng(self, device: torch.device) -> Iterator[None]:
+        cuda = device.type == "cuda"
         outer = torch.get_rng_state()
+        outer_cuda = torch.cuda.get_rng_state(device) if cuda else None
         torch.set_rng_state(self._rng)
+        if cuda:
+            if self._cuda_rng is None:  # the sibling's own CUDA stream, seeded from its CPU stream
+                torch.cuda.manual_seed(int(torch.randint(0, 2**62, (1,))))
+            else:
+                torch.cuda.set_rng_state(self._cuda_rng, device)
         try:
             yield
         finally:
             self._rng = torch.get_rng_state()
             torch.set_rng_state(outer)
+            if cuda:
+                self._cuda_rng = torch.cuda.get_rng_state(device)
+                torch.cuda.set_rng_state(outer_cuda, device)
 
     def _build(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
         from trainlab.training.optim import build_optimizer, build_scheduler
@@ -367,7 +381,7 @@ class SeedSimilarity(Probe):
         train_x, train_y = probe_data(state, "train", self.train_examples)
         anchor_x = state.data.train_x[self.anchor_index].to(state.device)
         return compare_networks(model, self.sibling, state.num_classes, test_x, test_y, train_x, train_y, anchor_x,
-                                self.center)
+                                self.center, self.debiased)
 
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
         self._build(model, optimizer, state)
@@ -376,6 +390,7 @@ class SeedSimilarity(Probe):
             self.optimizer.load_state_dict(self._pending["optimizer"])
             self.scheduler.load_state_dict(self._pending["scheduler"])
             self._rng = self._pending["rng"].clone()
+            self._cuda_rng = self._pending.get("cuda_rng")
             self.init_values = dict(self._pending["init"])
             self._pending = None
             return
@@ -394,7 +409,7 @@ class SeedSimilarity(Probe):
             return
         batch = state.batch
         self.sibling.train()
-        with self._sibling_rng(), torch.enable_grad():
+        with self._sibling_rng(state.device), torch.enable_grad():
             loss = state.loss_fn(self.sibling(batch.inputs), batch.targets)
             if not torch.isfinite(loss.detach()):
                 return  # as the trainer does for the model: no update on a non-finite loss
@@ -425,7 +440,8 @@ class SeedSimilarity(Probe):
         if self.sibling is None:
             return {}
         return {"sibling": self.sibling.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": self._rng.clone(), "init": dict(self.init_values)}
+                "scheduler": self.scheduler.state_dict(), "rng": self._rng.clone(), "init": dict(self.init_values),
+                "cuda_rng": None if self._cuda_rng is None else self._cuda_rng.clone()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._pending = dict(state) if state else None
