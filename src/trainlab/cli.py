@@ -83,22 +83,59 @@ def parse_technique(text: str) -> tuple[str, dict[str, Any]]:
 
 def check_setting_types(name: str, settings: dict[str, Any]) -> None:
     """A setting whose default (or annotation) is a number must be given a number, a flag a
-    true/false: `mixup:alpha=abc` is refused here, before the technique compares 'abc' with 0."""
+    true/false: `mixup:alpha=abc` is refused here, before the technique compares 'abc' with 0.
+    Settings a subclass passes on through **settings (a probe's `every`) are read from the
+    base classes' signatures."""
     from trainlab.techniques.registry import get_technique
 
-    try:
-        params = inspect.signature(get_technique(name)).parameters
-    except (TypeError, ValueError):
-        return
+    cls = get_technique(name)
+    params = _setting_parameters(cls)
+    what = "probe" if cls.family == "diagnostics" else "technique"
     for key, value in settings.items():
         p = params.get(key)
         kind = _setting_kind(p) if p is not None else None  # unknown keys: the technique reports them
         if kind is None or value is None:
             continue
         if kind == "flag" and not isinstance(value, bool):
-            raise ConfigError(f"technique '{name}': setting '{key}' must be true or false, got '{value}'")
+            raise ConfigError(f"{what} '{name}': setting '{key}' must be true or false, got '{value}'")
         if kind == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ConfigError(f"technique '{name}': setting '{key}' must be a number, got '{value}'")
+            raise ConfigError(f"{what} '{name}': setting '{key}' must be a number, got '{value}'")
+
+
+def _setting_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The keyword parameters of cls's constructor, and of its bases' constructors while each one
+    passes on **settings (the first class that names a parameter wins)."""
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            sig = inspect.signature(init)
+        except (TypeError, ValueError):
+            break
+        for pname, p in list(sig.parameters.items())[1:]:  # skip self
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                params.setdefault(pname, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            break
+    return params
+
+
+def parse_probe(text: str) -> tuple[str, dict[str, Any]]:
+    """`--probe NAME[:k=v,...]`: like a technique, but NAME must be a diagnostics-family technique."""
+    from trainlab.techniques.registry import all_techniques, get_technique
+
+    name, settings = parse_technique(text)
+    probes = ", ".join(n for n, c in all_techniques().items() if c.family == "diagnostics")
+    try:
+        cls = get_technique(name)
+    except ConfigError:
+        raise ConfigError(f"unknown probe '{name}' (probes: {probes or 'none'})") from None
+    if cls.family != "diagnostics":
+        raise ConfigError(f"'{name}' is not a probe (a {cls.family or 'training'} technique: use --technique {name}); "
+                          f"probes: {probes or 'none'}")
+    return name, settings
 
 
 def _setting_kind(p: inspect.Parameter) -> str | None:
@@ -144,9 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train one task, optionally with techniques",
                        description="Train one task (named, or file.py:name) with optional techniques.")
-    s.add_argument("--task", required=True, help="a named task (see `trainlab tasks`) or file.py:name")
+    s.add_argument("task_name", nargs="?", metavar="TASK", help="a named task (see `trainlab tasks`) or file.py:name")
+    s.add_argument("--task", help="the same as TASK")
     s.add_argument("--technique", action="append", default=[], metavar="NAME[:k=v,...]",
                    help="a technique with optional settings; repeat to combine")
+    s.add_argument("--probe", action="append", default=[], metavar="NAME[:k=v,...]",
+                   help="a diagnostics probe measured at epoch ends (e.g. every=2); repeat to combine; "
+                        "see `trainlab list`")
     s.add_argument("--seed", type=_nonneg_int, default=0)
     s.add_argument("--epochs", type=_positive_int)
     s.add_argument("--batch-size", type=_positive_int)
@@ -248,25 +289,43 @@ def _cmd_list(args: argparse.Namespace) -> int:
     store_path = args.store or default_store_path()
     verdicts = Store(store_path).latest_verdicts() if Path(store_path).exists() else {}
     claims = all_claims()
+
+    def claim_lines(name: str) -> str:
+        mine = [c for c in claims.values() if c.technique == name]
+        return "\n".join(f"{c.id}: {verdicts.get(c.id, ('not checked',))[0]}" + (" [quick]" if "quick" in c.suites else "")
+                         for c in mine) or "-"
+
+    techniques = all_techniques()
     table = Table("technique", "family", "fidelity", "paper", "claims (latest verdict)", show_lines=True)
-    for name, cls in all_techniques().items():
+    probes = Table("probe", "records (epoch metric keys)", "fidelity", "paper", "claims (latest verdict)",
+                   title="Probes (diagnostics: measure at epoch ends, change nothing; trainlab train TASK --probe NAME)",
+                   show_lines=True)
+    for name, cls in techniques.items():
         paper = f"{cls.paper.title} ({cls.paper.year}" + (f", arXiv:{cls.paper.arxiv})" if cls.paper.arxiv else ")") \
             if cls.paper else "-"
         fidelity = cls.fidelity or "not declared"
         if cls.deviations:
             fidelity += f"\n({len(cls.deviations)} deviation{'s' if len(cls.deviations) > 1 else ''})"
-        mine = [c for c in claims.values() if c.technique == name]
-        lines = [f"{c.id}: {verdicts.get(c.id, ('not checked',))[0]}" + (" [quick]" if "quick" in c.suites else "")
-                 for c in mine]
-        table.add_row(name, cls.family, fidelity, paper, "\n".join(lines) or "-")
+        if cls.family == "diagnostics":
+            from trainlab.diagnostics.probe import Probe, probe_seconds_key
+
+            keys = list(getattr(cls, "metric_keys", ()) or ())
+            if issubclass(cls, Probe):  # the base class records its measuring time
+                keys.append(probe_seconds_key(name))
+            probes.add_row(name, ", ".join(keys) or "-", fidelity, paper, claim_lines(name))
+            continue
+        table.add_row(name, cls.family, fidelity, paper, claim_lines(name))
     others: dict[str, list[str]] = {}
     for c in claims.values():
-        if c.technique not in all_techniques():  # e.g. the harness's own sanity claims
+        if c.technique not in techniques:  # e.g. the harness's own sanity claims
             others.setdefault(c.technique, []).append(
                 f"{c.id}: {verdicts.get(c.id, ('not checked',))[0]}" + (" [quick]" if "quick" in c.suites else ""))
     for name, lines in others.items():
         table.add_row(name, "-", "-", "-", "\n".join(lines))
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    if probes.row_count:
+        console.print(probes)
     return 0
 
 
@@ -276,11 +335,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from trainlab.tasks.registry import get_task
     from trainlab.training.trainer import build_techniques, run_training
 
-    task = get_task(args.task)
+    if args.task_name and args.task and args.task_name != args.task:
+        raise ConfigError(f"two tasks given ('{args.task_name}' and --task '{args.task}'): give one")
+    if not (args.task_name or args.task):
+        raise ConfigError("train needs a task: trainlab train TASK (see `trainlab tasks`)")
+    task = get_task(args.task_name or args.task)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr))
                  if v is not None}
     task = task.with_overrides(overrides)
-    techniques = [parse_technique(t) for t in args.technique]
+    techniques = [parse_technique(t) for t in args.technique] + [parse_probe(t) for t in args.probe]
     for name, settings in techniques:
         check_setting_types(name, settings)
     build_techniques(techniques)  # fail fast on unknown names, bad settings, conflicts
@@ -316,7 +379,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
         [k for k in f if k.startswith("test_")]   # a task's own metrics (not classification)
     print(f"{task.name}: {result.status}  " + "  ".join(f"{k} {f[k]:.4f}" for k in shown) + "  "
           f"{wall:.1f} s total, {result.time_per_step * 1e3:.2f} ms/step, {result.params:,} parameters")
+    for line in probe_cost_lines(techniques, result.epochs):
+        print(line)
     return 0 if result.status == "finished" else 1
+
+
+def probe_cost_lines(techniques: Sequence[tuple[str, dict[str, Any]]], epochs: Sequence[dict[str, float]]) -> list[str]:
+    """One line per probe of the run: its measuring seconds against the run's training seconds."""
+    from trainlab.diagnostics.probe import probe_seconds_key
+    from trainlab.techniques.registry import get_technique
+
+    train = sum(row.get("train_seconds", 0.0) for row in epochs)
+    lines = []
+    for name, _ in techniques:
+        if get_technique(name).family != "diagnostics":
+            continue
+        key = probe_seconds_key(name)
+        spent = sum(row.get(key, 0.0) for row in epochs)
+        count = sum(key in row for row in epochs)
+        ratio = f" ({spent / train:.2f}x)" if train > 0 else ""
+        lines.append(f"probe {name}: {spent:.2f} s measuring ({count} measurement{'s' if count != 1 else ''}) "
+                     f"vs {train:.2f} s training{ratio}")
+    return lines
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:

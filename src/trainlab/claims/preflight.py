@@ -126,7 +126,8 @@ class Preflight:
         from trainlab.techniques.registry import get_technique
         from trainlab.training.requirements import data_unmet, technique_unmet
 
-        arms = {"treatment": claim.treatment, "baseline": claim.baseline}  # the technique's own arm first
+        # the technique's own arm first; a one-arm claim (Claim.reference) runs the treatment only
+        arms = {name: getattr(claim, name) for name in ("treatment", "baseline") if name in claim.arms}
         tasks: dict[str, Task] = {}
         for name, arm in arms.items():
             try:
@@ -166,9 +167,12 @@ class Preflight:
             row, error = self._dry_run(tasks[name], [(n, dict(s)) for n, s in arm.techniques])
             if error:
                 return f"the {name} arm ({arm.describe()}) fails on one batch: {error}"
-            if not metric_reported(claim.metric, row):
-                shown = ", ".join(k for k in row if k.startswith("test_")) or ", ".join(row)
-                return f"its metric '{claim.metric}' is not reported on '{self.task.name}' (it reports {shown})"
+            metrics = [("metric", claim.metric)] + ([("reference", claim.reference)]
+                                                    if isinstance(claim.reference, str) else [])
+            for what, metric in metrics:
+                if not metric_reported(metric, row):
+                    shown = ", ".join(k for k in row if k.startswith("test_")) or ", ".join(row)
+                    return f"its {what} '{metric}' is not reported on '{self.task.name}' (it reports {shown})"
         return None
 
 
