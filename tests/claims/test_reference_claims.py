@@ -260,3 +260,75 @@ def test_one_arm_check_end_to_end(tmp_path):
     assert result.overhead == {"skipped": "one-arm claim without probes: there is no other arm to compare its cost with"}
     assert result.analysis is not None
     assert "test_acc - 0.3 [95% CI" in verdict_line(result)
+
+
+# ---------------------------------------------------------------------------------- report
+
+PROBE = "test-ref-claims-probe"
+
+
+@pytest.fixture
+def toy_probe():
+    """A probe registered for one test only (the global registry is left as it was)."""
+    from trainlab.diagnostics.probe import Probe
+    from trainlab.techniques import registry
+
+    class ToyProbe(Probe):
+        name = PROBE
+        fidelity = "control"
+        metric_keys = ("toy_norm", "toy_limit", "toy_never_recorded")
+
+        def measure(self, model, state):
+            return {}
+
+    registry.register(ToyProbe)
+    yield PROBE
+    registry._REGISTRY.pop(PROBE, None)
+
+
+def _probe_run(spec):
+    sd = spec.seed
+    key = "probe_seconds_" + PROBE.replace("-", "_")
+    return _run([_row(1, toy_norm=3.0 + sd, toy_limit=5.0, train_seconds=2.0, **{key: 0.5}),
+                 _row(2, train_seconds=2.0),
+                 _row(3, toy_norm=2.0 + 0.1 * sd, toy_limit=4.0, train_seconds=2.0, **{key: 0.5})])
+
+
+def test_report_of_a_one_arm_probe_claim(tmp_path, toy_probe):
+    from PIL import Image
+
+    from trainlab.claims.report import probe_metric_keys, write_report
+
+    claim = Claim(id="toy-law", technique=PROBE, task="blobs-mlp", metric="toy_norm", reference="toy_limit",
+                  direction="lower", treatment=arm((PROBE, {"every": 2})), seeds=3)
+    specs = plan(claim)
+    result = collect(claim, specs, _store(specs, _probe_run), overhead=measure_claim_overhead(claim),
+                     n_resamples=500)
+    cost = result.probe_cost["treatment"][PROBE]
+    assert cost == {"seconds_per_run": 1.0, "train_seconds_per_run": 6.0, "ratio": pytest.approx(1 / 6),
+                    "measurements_per_run": 2.0}
+    assert f"{PROBE} measuring 1.0 s per run (0.17x the 6.0 s of training)" in verdict_line(result)
+    assert probe_metric_keys(result) == {PROBE: ["toy_norm", "toy_limit"]}   # never-recorded key left out
+
+    scaled_claim = Claim(id="toy-scaled", technique=PROBE, task="blobs-mlp", metric="toy_norm", direction="lower",
+                         treatment=arm((PROBE, {"every": 2}), lr=0.1), baseline=arm((PROBE, {"every": 2})),
+                         baseline_scale=0.5, seeds=3)
+    scaled_specs = plan(scaled_claim)
+    scaled = collect(scaled_claim, scaled_specs, _store(scaled_specs, _probe_run), n_resamples=500)
+    assert set(scaled.probe_cost) == {"baseline", "treatment"}
+
+    paths = write_report([result, scaled], tmp_path / "rep")
+    for name in (f"probes_toy-law_{PROBE}", f"probes_toy-scaled_{PROBE}", "curves_toy-law"):
+        with Image.open(paths[name]) as img:
+            assert img.format == "PNG" and img.size[0] > 100
+    md = (tmp_path / "rep" / "report.md").read_text()
+    law = md[md.index("## toy-law"):md.index("## toy-scaled")]
+    assert "| reference | toy_limit (a metric of the same run; one-arm claim: no baseline runs) |" in law
+    assert "| baseline |" not in law
+    assert "| seed | toy_norm | reference: toy_limit | diff |" in law
+    assert "Per-step overhead not measured: one-arm claim: its probes" in law
+    assert "| treatment | " + PROBE + " | 1 | 6 | 0.17 | 2 |" in law
+    assert f"probes_toy-law_{PROBE}.png" in law
+    assert "toy_norm - toy_limit (lower)" in md                 # summary row names what was compared
+    other = md[md.index("## toy-scaled"):]
+    assert "| seed | 0.5 x baseline | treatment | diff |" in other and "(compared as 0.5 x baseline)" in other

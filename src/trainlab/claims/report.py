@@ -17,6 +17,13 @@
   length (diverged, failed) are averaged over the seeds that reached each epoch.
 * ``overhead.png``: time-per-step and peak-memory ratios (treatment / baseline) per claim, with a
   line at 1.0.
+* ``probes_<claim id>_<probe>.png``: for each probe (diagnostics technique) of the claim's arms, one
+  panel per metric key it records (its ``metric_keys``), per epoch, mean over seeds with a min-max
+  band per arm; keys no run recorded are left out. A probe's cost (its seconds measuring per run
+  against the run's training seconds) is shown in the claim's overhead section.
+
+One-arm claims (a metric compared with a reference, no baseline runs) show the reference where a
+two-arm claim shows the baseline; claims against a scaled baseline say so ("0.9 x baseline").
 
 Plots are drawn on ``matplotlib.figure.Figure`` objects with an explicit Agg canvas, so writing a
 report never changes the matplotlib backend of the calling program (and importing trainlab never
@@ -35,7 +42,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from trainlab.claims.claim import Arm
+from trainlab.claims.claim import Arm, compared_text, is_one_arm, reference_text
 from trainlab.claims.regime import describe_precondition
 from trainlab.claims.result import ClaimResult
 from trainlab.claims.stats import NOOP_RATE_PER_SIDE, benjamini_hochberg, decision_pvalue
@@ -75,13 +82,19 @@ def write_report(
     paths["overhead"] = out_dir / "overhead.png"
     _plot_overhead(results, paths["overhead"])
     curve_files: dict[int, Path] = {}
+    probe_files: dict[int, list[tuple[str, Path]]] = {}
     for i, r in enumerate(results):
         path = out_dir / f"curves_{_safe_name(_claim_id(r, i))}.png"
         if _plot_curves(r, path):
             curve_files[i] = path
             paths[f"curves_{_claim_id(r, i)}"] = path
+        for probe, keys in probe_metric_keys(r).items():
+            path = out_dir / f"probes_{_safe_name(_claim_id(r, i))}_{_safe_name(probe)}.png"
+            if _plot_probe(r, probe, keys, path):
+                probe_files.setdefault(i, []).append((probe, path))
+                paths[f"probes_{_claim_id(r, i)}_{probe}"] = path
 
-    blocks = _build_blocks(results, title, provenance, curve_files, paths, fdr)
+    blocks = _build_blocks(results, title, provenance, curve_files, paths, fdr, probe_files)
     paths["markdown"] = out_dir / "report.md"
     paths["markdown"].write_text(_render_markdown(blocks), encoding="utf-8")
     paths["html"] = out_dir / "report.html"
@@ -92,7 +105,8 @@ def write_report(
 # --------------------------------------------------------------------------------------- content
 
 def _build_blocks(results: Sequence[ClaimResult], title: str, provenance: dict | None,
-                  curve_files: dict[int, Path], paths: dict[str, Path], fdr: float | None = None) -> list[Block]:
+                  curve_files: dict[int, Path], paths: dict[str, Path], fdr: float | None = None,
+                  probe_files: dict[int, list[tuple[str, Path]]] | None = None) -> list[Block]:
     blocks: list[Block] = [("h", 1, title)]
     counts = {v: sum(r.verdict == v for r in results) for v in _VERDICTS}
     blocks.append(("p", f"{len(results)} claim(s): " + ", ".join(f"{counts[v]} {v}" for v in _VERDICTS) + "."))
@@ -105,7 +119,7 @@ def _build_blocks(results: Sequence[ClaimResult], title: str, provenance: dict |
     blocks.append(("img", paths["forest"].name, "mean paired difference per claim with its interval"))
     blocks.append(("img", paths["overhead"].name, "time and memory ratios per claim"))
     for i, r in enumerate(results):
-        blocks.extend(_claim_blocks(r, i, curve_files.get(i)))
+        blocks.extend(_claim_blocks(r, i, curve_files.get(i), (probe_files or {}).get(i, [])))
     blocks.extend(_provenance_blocks(results, provenance))
     return blocks
 
@@ -122,7 +136,10 @@ _HOW_TO_READ = (
     "other learns. Every verdict is on this setting, usually far smaller than the paper's (see each "
     "claim's 'paper vs this run'): 'contradicted at this scale' does not mean the paper is wrong. "
     "Fidelity says how close the implementation is to the paper; a verdict on a variant or stand-in is a "
-    "verdict on that variant, not on the paper's method. Overhead ratios are treatment / baseline."
+    "verdict on that variant, not on the paper's method. Overhead ratios are treatment / baseline. "
+    "A one-arm claim (e.g. a diagnostic law such as sharpness <= 2/lr) runs one arm only and pairs each "
+    "seed's metric with its reference (a number, or another metric of the same run): diff = metric - "
+    "reference. A claim against '0.9 x baseline' uses diff = treatment - 0.9 x baseline."
 )
 
 _SUMMARY_HEADERS = ["claim (on task)", "fidelity", "metric", "diff [95% CI]", "outcome", "seeds", "time ×", "mem ×"]
@@ -164,7 +181,7 @@ def _summary_row(r: ClaimResult, i: int) -> list[str]:
     if time_ratio != "n/a" and r.overhead.get("time_ratio_reliable") is False or _busy(r.overhead):
         time_ratio += " (busy machine: unreliable)"
     return [
-        f"{_claim_id(r, i)} (on {_task(r)})", _fidelity_cell(r), str(c.get("metric", "")) + f" ({c.get('direction', '')})",
+        f"{_claim_id(r, i)} (on {_task(r)})", _fidelity_cell(r), compared_text(c) + f" ({c.get('direction', '')})",
         diff, _verdict_cell(r), seeds, time_ratio, _ratio(r.overhead.get("memory_ratio")),
     ]
 
@@ -190,14 +207,23 @@ def _verdict_cell(r: ClaimResult) -> str:
     return r.verdict
 
 
-def _claim_blocks(r: ClaimResult, i: int, curves: Path | None) -> list[Block]:
+def _claim_blocks(r: ClaimResult, i: int, curves: Path | None, probes: Sequence[tuple[str, Path]] = ()) -> list[Block]:
     c, a = r.claim, r.analysis
+    one_arm = is_one_arm(c)
     out: list[Block] = [("h", 2, f"{_claim_id(r, i)}: {r.verdict}")]
+    if one_arm:
+        ref = c.get("reference")
+        compared_with = [("reference", f"{reference_text(c)} (" + ("a metric of the same run" if isinstance(ref, str)
+                                                                   else "a fixed number") + "; one-arm claim: no baseline runs)")]
+    else:
+        compared_with = [("baseline", _describe_arm(c.get("baseline")) + (
+            f" (compared as {reference_text(c)})" if reference_text(c) != "baseline" else ""))]
     facts = [
         ("technique", c.get("technique", "")), ("task", _task(r) + ("" if _task(r) == c.get("task") else
                                                                       f" (the claim's own task: {c.get('task', '')})")),
         ("metric", f"{c.get('metric', '')} ({c.get('direction', '')} is better)"),
-        ("treatment", _describe_arm(c.get("treatment"))), ("baseline", _describe_arm(c.get("baseline"))),
+        *([("compared", f"{compared_text(c)} (per seed)")] if compared_text(c) != c.get("metric", "") else []),
+        ("treatment" if not one_arm else "arm", _describe_arm(c.get("treatment"))), *compared_with,
         ("min_effect", _num(c.get("min_effect", 0.0))),
         *([("non-inferiority margin", _num(c["margin"]))] if c.get("margin") else []), ("suites", ", ".join(c.get("suites", []))),
     ]
@@ -223,10 +249,15 @@ def _claim_blocks(r: ClaimResult, i: int, curves: Path | None) -> list[Block]:
     else:
         level = f"{100 * a.ci_level:g}%"
         scale, unit = _scale(c.get("metric", ""))
-        text = (f"Baseline mean {_num(a.mean_baseline * scale)}{unit}, treatment mean {_num(a.mean_treatment * scale)}{unit}. "
-                f"Mean difference {_num(a.mean_diff * scale, signed=True)}{unit} ({level} interval "
+        if one_arm:
+            means = (f"{c.get('metric', '')} mean {_num(a.mean_treatment * scale)}{unit}, reference "
+                     f"({reference_text(c)}) mean {_num(a.mean_baseline * scale)}{unit}. ")
+        else:
+            means = (f"{reference_text(c).capitalize()} mean {_num(a.mean_baseline * scale)}{unit}, "
+                     f"treatment mean {_num(a.mean_treatment * scale)}{unit}. ")
+        text = (means + f"Mean difference ({compared_text(c)}) {_num(a.mean_diff * scale, signed=True)}{unit} ({level} interval "
                 f"{_num(a.ci_low * scale, signed=True)} to {_num(a.ci_high * scale, signed=True)}{unit}, "
-                f"{a.ci_method}) over {a.n} paired seed(s); paired t p = {_p(a.p_ttest)}, "
+                f"{a.ci_method}) over {a.n} {'' if one_arm else 'paired '}seed(s); paired t p = {_p(a.p_ttest)}, "
                 f"Wilcoxon p = {_p(a.p_wilcoxon)}, d_z = {_num(a.effect_size, 3)}. Interval verdict: {a.verdict}.")
         if r.verdict != a.verdict:
             text += f" Outcome: {r.verdict} (see above): the interval is shown, but it is not a verdict on the paper."
@@ -238,8 +269,8 @@ def _claim_blocks(r: ClaimResult, i: int, curves: Path | None) -> list[Block]:
 
     w = r.analysis_without_collapsed
     if (r.collapse or {}).get("unpaired_collapse"):
-        text = (f"Collapsed run(s): seed(s) {r.collapse['unpaired_collapse']} collapsed in one arm while the paired "
-                "run learns. ")
+        text = (f"Collapsed run(s): seed(s) {r.collapse['unpaired_collapse']} collapsed "
+                + ("while other seeds learn. " if one_arm else "in one arm while the paired run learns. "))
         if w is not None:
             scale, unit = _scale(c.get("metric", ""))
             text += (f"Without them: {w.verdict}, mean difference {_num(w.mean_diff * scale, signed=True)}{unit} "
@@ -254,23 +285,40 @@ def _claim_blocks(r: ClaimResult, i: int, curves: Path | None) -> list[Block]:
         b = _at(r.baseline_values, k)
         t = _at(r.treatment_values, k)
         rows.append([str(_at(r.seeds, k, "?")), _num(b), _num(t), _num(t - b, signed=True)])
-    out.append(("table", ["seed", "baseline", "treatment", "diff"], rows or [["-", "-", "-", "-"]]))
+    headers = (["seed", f"{c.get('metric', '')}", f"reference: {reference_text(c)}", "diff"] if one_arm
+               else ["seed", reference_text(c), "treatment", "diff"])
+    if one_arm:  # the arm's value first, as the diff reads metric - reference
+        rows = [[row[0], row[2], row[1], row[3]] for row in rows]
+    out.append(("table", headers, rows or [["-", "-", "-", "-"]]))
 
     if r.status_counts:
         keys = sorted({k for arm_counts in r.status_counts.values() for k in arm_counts})
         out.append(("h", 3, "Run status"))
         out.append(("table", ["arm", *keys],
                     [[arm_name, *(str(cnt.get(k, 0)) for k in keys)] for arm_name, cnt in r.status_counts.items()]))
-    if r.overhead:
+    if r.overhead or r.probe_cost:
         out.append(("h", 3, "Overhead"))
+    if r.overhead.get("skipped"):
+        out.append(("p", f"Per-step overhead not measured: {r.overhead['skipped']}."))
+    elif r.overhead:
         if r.overhead.get("time_ratio_reliable") is False or _busy(r.overhead):
             out.append(("p", r.overhead.get("time_ratio_note") or "The time ratio was measured while the machine was "
                              "busy (load average above its core count): it is unreliable."))
         out.append(("table", ["quantity", "value"], [[k, _overhead_value(v)] for k, v in _flatten(r.overhead)]))
+    if r.probe_cost:
+        rows = [[arm_name, probe, _num(cost.get("seconds_per_run"), 3), _num(cost.get("train_seconds_per_run"), 3),
+                 _ratio(cost.get("ratio")), _num(cost.get("measurements_per_run"), 3)]
+                for arm_name, probes_cost in r.probe_cost.items() for probe, cost in probes_cost.items()]
+        out.append(("p", "Probe cost: seconds each probe spent measuring per run (at epoch ends, outside the "
+                         "training steps) against the run's training seconds (mean over the arm's runs)."))
+        out.append(("table", ["arm", "probe", "s measuring / run", "s training / run", "measuring / training",
+                              "measurements / run"], rows))
     if curves is not None:
         out.append(("img", curves.name, f"learning curves of {_claim_id(r, i)}"))
     else:
         out.append(("p", "No per-epoch curves were recorded for this claim."))
+    for probe, path in probes:
+        out.append(("img", path.name, f"{probe} metrics per epoch of {_claim_id(r, i)}"))
     return out
 
 
@@ -317,9 +365,14 @@ def _regime_blocks(r: ClaimResult) -> list[Block]:
     for arm_name in collapse.get("degenerate_arms", []):
         detail = collapse.get("detail", {}).get(arm_name, {})
         values = ", ".join(f"seed {s}: acc {_num(v[0], 3)}, top class {_num(v[1], 2)}" for s, v in detail.items())
-        out.append(("p", f"Degenerate arm: every {arm_name} run collapsed (constant predictions or chance accuracy) "
-                         f"while the other arm learns ({values}). The technique broke the model on this task; "
-                         "no verdict is given."))
+        if is_one_arm(r.claim):
+            out.append(("p", f"Degenerate arm: every {arm_name} run collapsed (constant predictions or chance accuracy) "
+                             f"({values}). The model did not learn on this task, so what was measured is not a "
+                             "trained model's property; no verdict is given."))
+        else:
+            out.append(("p", f"Degenerate arm: every {arm_name} run collapsed (constant predictions or chance accuracy) "
+                             f"while the other arm learns ({values}). The technique broke the model on this task; "
+                             "no verdict is given."))
     return out
 
 
@@ -469,7 +522,11 @@ def _plot_forest(results: Sequence[ClaimResult], path: Path) -> None:
         sign = -1.0 if c.get("direction") == "lower" else 1.0
         # the dashed line is the reproduce boundary: min_effect, or -margin for parity claims
         min_effect = float(c.get("min_effect", 0.0) or 0.0) or -float(c.get("margin", 0.0) or 0.0)
-        label = f"{_claim_id(r, i)}\n{c.get('metric', '')} ({'b - t' if sign < 0 else 't - b'})"
+        if is_one_arm(c):
+            label = f"{_claim_id(r, i)}\n" + (f"{reference_text(c)} - {c.get('metric', '')}" if sign < 0
+                                               else compared_text(c))
+        else:
+            label = f"{_claim_id(r, i)}\n{compared_text(c)} ({'b - t' if sign < 0 else 't - b'})"
         ax.set_yticks([0.0], [label], fontsize=7)
         ax.set_ylim(-1, 1)
         ax.tick_params(axis="x", labelsize=7)
@@ -560,6 +617,7 @@ def _plot_curves(r: ClaimResult, path: Path) -> bool:
             ax.errorbar(xs, mean, yerr=[mean - low, high - mean], color=line.get_color(), capsize=4, lw=1)
             ax.set_xlim(xs[0] - 0.5, xs[0] + 0.5)
             single_epoch = float(xs[0])
+    _plot_reference(ax, r, key)
     if single_epoch is None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
@@ -576,6 +634,113 @@ def _plot_curves(r: ClaimResult, path: Path) -> bool:
     return True
 
 
+def _plot_reference(ax: Any, r: ClaimResult, key: str) -> None:
+    """A one-arm claim's reference beside its metric's curve: the reference metric's own curve
+    (dashed, mean over seeds) or a horizontal line at the reference number."""
+    c = r.claim
+    if not is_one_arm(c):
+        return
+    ref = c.get("reference")
+    if not isinstance(ref, str):
+        ax.axhline(float(ref), color="#cf222e", lw=1, ls="--", label=f"reference {reference_text(c)}")
+        return
+    ref_key = _metric_curve_key(ref)
+    if ref_key == key:
+        return
+    epochs, values = _stack_runs(r.curves.get("treatment") or [], ref_key)
+    seen = np.isfinite(values)
+    count = seen.sum(axis=0) if values.size else np.zeros(0)
+    cols = count > 0
+    if values.size == 0 or not cols.any():
+        return
+    mean = np.where(seen, values, 0.0)[:, cols].sum(axis=0) / count[cols]
+    ax.plot(epochs[cols], mean, color="#cf222e", lw=1, ls="--", marker="x" if cols.sum() < 30 else None, ms=3,
+            label=f"reference: {ref_key} (mean)")
+
+
+def _metric_curve_key(metric: str) -> str:
+    from trainlab.claims.metrics import curve_key
+
+    try:
+        return curve_key(metric)
+    except Exception:  # an old or malformed metric: its text up to the first comparison
+        base = metric.split(":", 1)[1] if ":" in metric else metric
+        return re.split(r"[<>=@]", base, maxsplit=1)[0]
+
+
+def probe_metric_keys(r: ClaimResult) -> dict[str, list[str]]:
+    """Probe name -> the metric keys it records, for the probes of the claim's arms (techniques of
+    the "diagnostics" family), keeping only keys some run recorded."""
+    from trainlab.techniques.registry import get_technique
+
+    logged = {k for runs in r.curves.values() for run in runs or [] for row in run or [] for k in row}
+    out: dict[str, list[str]] = {}
+    for arm_name in ("treatment", "baseline"):
+        arm_dict = r.claim.get(arm_name)
+        for entry in (arm_dict or {}).get("techniques", []) if isinstance(arm_dict, dict) else []:
+            name = str(entry[0])
+            if name in out:
+                continue
+            try:
+                cls = get_technique(name)
+            except Exception:  # a technique this installation does not know (an old result)
+                continue
+            if cls.family != "diagnostics":
+                continue
+            keys = [k for k in getattr(cls, "metric_keys", ()) or () if k in logged]
+            if keys:
+                out[name] = keys
+    return out
+
+
+def _plot_probe(r: ClaimResult, probe: str, keys: Sequence[str], path: Path) -> bool:
+    """One panel per metric key of `probe`: each arm's mean over seeds with its min-max band per
+    epoch. Keys without any finite value are left out; False (no file) when none is left."""
+    from matplotlib.ticker import MaxNLocator
+
+    panels = []
+    for key in keys:
+        arms = []
+        for arm_name, runs in r.curves.items():
+            epochs, values = _stack_runs(runs or [], key)
+            seen = np.isfinite(values)
+            count = seen.sum(axis=0) if values.size else np.zeros(0)
+            cols = count > 0
+            if values.size and cols.any():
+                mean = np.where(seen, values, 0.0)[:, cols].sum(axis=0) / count[cols]
+                low = np.where(seen, values, np.inf)[:, cols].min(axis=0)
+                high = np.where(seen, values, -np.inf)[:, cols].max(axis=0)
+                arms.append((arm_name, len(runs), epochs[cols], mean, low, high))
+        if arms:
+            panels.append((key, arms))
+    if not panels:
+        return False
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = _new_figure(4.0 * ncols, 2.8 * nrows + 0.4)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    colors = {"baseline": "#57606a", "treatment": "#0969da"}
+    for ax, (key, arms) in zip(axes, panels):
+        for arm_name, n, xs, mean, low, high in arms:
+            line = ax.plot(xs, mean, marker="o" if xs.size < 30 else None, ms=3, color=colors.get(arm_name),
+                           label=f"{arm_name} ({n} seed(s))")[0]
+            if xs.size > 1:
+                ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2, lw=0)
+            else:
+                ax.errorbar(xs, mean, yerr=[mean - low, high - mean], color=line.get_color(), capsize=4, lw=1)
+        ax.set_title(key, fontsize=8)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=6)
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"{_claim_id(r, 0)}: probe {probe}, mean and min-max over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return True
+
+
 def _curve_key(r: ClaimResult) -> str | None:
     logged: list[str] = []
     for runs in r.curves.values():
@@ -585,8 +750,7 @@ def _curve_key(r: ClaimResult) -> str | None:
     if not logged:
         return None
     metric = str(r.claim.get("metric", ""))
-    base = metric.split(":", 1)[1] if ":" in metric else metric
-    base = re.split(r"[<>=]", base, maxsplit=1)[0]
+    base = _metric_curve_key(metric)
     for candidate in (base, "test_acc"):
         if candidate in logged:
             return candidate
