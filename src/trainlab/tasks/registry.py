@@ -49,6 +49,24 @@ def _stdlib_lm_task() -> Task:
                             "Adam; not classification: reports test_ppl (perplexity) and test_bits_per_char")
 
 
+def _stability_tasks() -> list[Task]:
+    # square-loss tasks of the dynamical-stability claims (trainlab.diagnostics.stability)
+    from trainlab.diagnostics.stability import digits_parity, half_squared_error, scalar_mlp
+
+    plain = dict(optimizer="sgd", momentum=0.0, weight_decay=0.0, schedule="constant", train_subset=1000)
+    return [
+        Task(name="digits-tanh-mse", make_data=functools.partial(_data, "digits"),
+             make_model=functools.partial(_model, "mlp"), loss_fn=half_squared_error, epochs=600, batch_size=1000,
+             lr=0.1, model_kwargs={"width": 128, "depth": 2, "activation": "tanh"}, **plain,
+             description="digits, 1000 training images, tanh MLP, half squared error on one-hot targets, "
+                         "full-batch GD (one step per epoch): the edge-of-stability setting"),
+        Task(name="digits-parity-mse", make_data=digits_parity, make_model=scalar_mlp, loss_fn=half_squared_error,
+             epochs=10, batch_size=1, lr=0.05, model_kwargs={"width": 128, "depth": 2}, **plain,
+             description="digits, 1000 training images, scalar target (+1 odd, -1 even), ReLU MLP with one output, "
+                         "half squared error, SGD batch size 1: the SGD linear-stability setting"),
+    ]
+
+
 TASKS: dict[str, Task] = {t.name: t for t in [
     _task("blobs-mlp", "blobs", "mlp", epochs=4, batch_size=32, lr=0.05, weight_decay=0.0,
           model_kwargs={"width": 32, "depth": 2},
@@ -81,6 +99,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
           model_kwargs={"vocab_size": 8, "dim": 64, "depth": 2, "heads": 4},
           description="synthetic sequence classification needing attention, 2-layer transformer"),
     _stdlib_lm_task(),
+    *_stability_tasks(),
 ]}
 
 

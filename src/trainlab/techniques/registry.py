@@ -50,6 +50,7 @@ TECHNIQUE_MODULES: list[str] = [
     "trainlab.diagnostics.similarity",
     "trainlab.diagnostics.intrinsic_dimension",
     "trainlab.diagnostics.coherence",
+    "trainlab.diagnostics.stability",
 ]
 
 _REGISTRY: dict[str, type[Technique]] = {}
