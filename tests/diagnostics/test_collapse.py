@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from trainlab.diagnostics.collapse import (
+    AFFINE_GAP_BOUND,
+    DEFAULT_LAMS,
     MixupBoundary,
     NeuralCollapse,
     between_class_covariance,
@@ -69,6 +71,9 @@ def test_a_whole_model_with_etf_features_is_fully_collapsed() -> None:
     for key in ("nc1", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle", "nc2_etf_distance", "nc3"):
         assert out[key] == pytest.approx(0.0, abs=1e-6), key
     assert out["nc4"] == 1.0 and out["nc_accuracy"] == 1.0
+    assert neural_collapse(model, torch.eye(4)[y], y, 4, classifier=model[3]) == out
+    with pytest.raises(ConfigError, match="nn.Linear"):
+        neural_collapse(model, torch.eye(4)[y], y, 4, classifier=model[1])
 
 
 def test_nc1_hand_computed() -> None:
@@ -183,6 +188,20 @@ def test_boundary_gap_ratio_on_hand_made_logits() -> None:
     assert boundary_gap_ratio(on_boundary, zi, zj, torch.tensor([0]), torch.tensor([1])) == 0.0
 
 
+def test_affine_activations_never_go_below_the_bound() -> None:
+    # logits of mixes affine in lam (any clean logits, any pairs): the ratio is >= 4/9, with equality for
+    # equal and opposite clean gaps
+    g = torch.Generator().manual_seed(3)
+    lams = torch.tensor(DEFAULT_LAMS)[:, None, None]
+    for _ in range(20):
+        zi, zj = torch.randn(50, 4, generator=g) * 3, torch.randn(50, 4, generator=g) * 3
+        a = torch.randint(0, 4, (50,), generator=g)
+        b = (a + torch.randint(1, 4, (50,), generator=g)) % 4
+        ratio = boundary_gap_ratio(lams * zi + (1 - lams) * zj, zi, zj, a, b)
+        assert ratio >= AFFINE_GAP_BOUND - 1e-12
+    assert AFFINE_GAP_BOUND == pytest.approx(float((2 * lams - 1).abs().mean()))
+
+
 def test_mix_boundary_gap_of_a_linear_map_is_mean_abs_2lam_minus_1() -> None:
     # x_1 = -x_0 and a linear model without bias: the gap at a mix is (2 lam - 1) times the clean gap
     model = nn.Linear(3, 2, bias=False)
@@ -230,3 +249,20 @@ def test_probe_settings_are_checked() -> None:
         NeuralCollapse(samples=1)
     with pytest.raises(ConfigError, match="pairs"):
         MixupBoundary(pairs=0)
+
+
+def test_claims_measure_probe_keys_in_the_terminal_phase() -> None:
+    from trainlab.diagnostics.collapse import CLAIMS, TPT_DIGITS
+    from trainlab.techniques.registry import all_techniques
+
+    probes = all_techniques()
+    assert len({c.id for c in CLAIMS}) == len(CLAIMS) == 4
+    for c in CLAIMS:
+        assert c.overrides == TPT_DIGITS and c.preconditions and c.seeds == 5
+        keys = {k for name, _ in c.treatment.techniques if name in probes
+                for k in getattr(probes[name], "metric_keys", ())}
+        assert c.metric.split(":")[-1].split("@")[0] in keys
+    two_arm = [c for c in CLAIMS if not c.one_arm]
+    assert len(two_arm) == 1
+    # the comparison is the paper's: the same probes, mixup added
+    assert [t for t in two_arm[0].treatment.techniques if t[0] != "mixup"] == list(two_arm[0].baseline.techniques)
