@@ -335,3 +335,20 @@ def test_config_errors() -> None:
     for bad in (dict(samples=0), dict(top_k=0), dict(method="x"), dict(bn_mode="x"), dict(trace_samples=1)):
         with pytest.raises(ConfigError):
             Sharpness(**bad)
+
+
+def test_uncached_products_and_callable_operators_agree(case) -> None:
+    H, M, exact = case
+    v = torch.randn(H.dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    fresh = HessianOperator(H.model, torch.cat([x for x, _ in H.chunks]), torch.cat([y for _, y in H.chunks]),
+                            cache=False)
+    torch.testing.assert_close(fresh(v), H(v), atol=1e-12, rtol=1e-10)
+    by_callable = top_eigenvalues(lambda u: M @ u, dim=H.dim, tol=1e-8, max_iter=H.dim)
+    torch.testing.assert_close(by_callable.values[0], exact[-1], atol=1e-7, rtol=1e-6)
+
+
+def test_unconverged_lanczos_is_a_lower_bound(case) -> None:
+    """Ritz values interlace: with too few steps the top Ritz value is below the top eigenvalue."""
+    _, M, exact = case
+    eig = top_eigenvalues(M, max_iter=2, tol=1e-12)
+    assert not eig.converged and float(eig.values[0]) <= float(exact[-1]) + 1e-12

@@ -287,7 +287,9 @@ def top_eigenvalues(op: Operator, k: int = 1, *, method: str = "lanczos", max_it
     iteration with deflation, as in PyHessian) of a symmetric operator.
 
     lanczos: runs until the top-k Ritz pairs' residual bounds |beta_m s_mi| fall below
-    tol * max(1, |theta_1|), at most max_iter steps (so k <= max_iter).
+    tol * max(1, |theta_1|), at most max_iter steps (so k <= max_iter); stopped by max_iter
+    (converged=False), its top value is still a lower bound of the top eigenvalue (Ritz values of
+    a symmetric operator lie within its spectrum).
     power: per eigenvalue, iterates v <- (H - sum_j l_j u_j u_j^T) v until the Rayleigh quotient
     changes by less than tol * |l| (at most max_iter products each).
     """
@@ -494,7 +496,11 @@ class Sharpness(Probe):
     """Per epoch: the top Hessian eigenvalue ("sharpness") and the trace of the training loss
     (mean over the first `samples` training examples, all when None), the optimizer's stability
     limit (see `stability_limit`) and their ratio. Measured on the task's base loss over clean
-    training data (batch transforms such as mixup are not applied)."""
+    training data (batch transforms such as mixup are not applied). With top_k > 1 the further
+    eigenvalues are recorded as hessian_eig_2, ...; with trace=False hessian_trace is not recorded.
+    Lanczos runs at most max_iter products (tolerance tol); the trace uses trace_samples Hutch++
+    products. Random probe vectors are seeded by (run seed, epoch) from a private generator, so
+    the measurement neither varies between identical runs nor changes the run's random stream."""
 
     name: ClassVar[str] = "sharpness"
     paper: ClassVar[Paper] = Paper(
