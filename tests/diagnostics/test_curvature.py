@@ -124,7 +124,24 @@ def test_hutchpp_is_exact_with_a_full_sketch_and_close_with_fewer(case) -> None:
         est = hutchpp_trace(M, H.dim, seed=seed)
         assert abs(est.estimate - exact) <= 0.08 * abs(exact)
         assert abs(est.estimate - exact) <= 4 * est.stderr
-        assert est.matvecs == H.dim
+        assert est.matvecs == 2 * math.ceil(H.dim / 3) + H.dim // 3
+
+
+def test_hutchpp_is_the_official_formula() -> None:
+    """Meyer et al.'s simple_hutchplusplus.m, given the same sign matrices S and G:
+    [Q,~] = qr(A*S,0); G = G - Q*(Q'*G); trace(Q'*A*Q) + 1/size(G,2)*trace(G'*A*G)."""
+    from trainlab.diagnostics.curvature import _hutchpp, _Op
+
+    g = torch.Generator().manual_seed(0)
+    B = torch.randn(40, 40, generator=g, dtype=torch.float64)
+    A = B @ B.T / 40 + torch.diag(torch.linspace(0, 5, 40, dtype=torch.float64))
+    S = torch.randint(0, 2, (40, 7), generator=g).double() * 2 - 1
+    G = torch.randint(0, 2, (40, 6), generator=g).double() * 2 - 1
+    Q, _ = torch.linalg.qr(A @ S)
+    Gp = G - Q @ (Q.T @ G)
+    official = float(torch.trace(Q.T @ A @ Q) + torch.trace(Gp.T @ A @ Gp) / 6)
+    est = _hutchpp(_Op(A, None), S, G)
+    assert est.estimate == pytest.approx(official, rel=1e-12) and est.matvecs == 7 + 7 + 6
 
 
 def test_hutchinson_is_unbiased_with_its_standard_error(case) -> None:
@@ -352,3 +369,47 @@ def test_unconverged_lanczos_is_a_lower_bound(case) -> None:
     _, M, exact = case
     eig = top_eigenvalues(M, max_iter=2, tol=1e-12)
     assert not eig.converged and float(eig.values[0]) <= float(exact[-1]) + 1e-12
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_probe_sharpness_is_cohen_et_als_computation(loss: str) -> None:
+    """The official edge-of-stability code (locuslab/edge-of-stability, src/utilities.py) defines
+    sharpness as the top eigenvalue of the Hessian of sum-reduced loss / n over the whole training
+    set, with HVPs by autograd double backward over physical batches, and eigenvalues by
+    scipy.sparse.linalg.eigsh on a LinearOperator. That computation, written out here, agrees with
+    the probe."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    from trainlab.training.technique import TrainState
+
+    model, (x, y) = mlp(), data(90)
+    if loss == "ce":
+        summed = nn.CrossEntropyLoss(reduction="sum")
+        targets = y
+    else:  # their SquaredLoss: 0.5 * sum of squares, against one-hot targets
+        summed = lambda out, t: 0.5 * ((out - t) ** 2).sum()  # noqa: E731
+        targets = F.one_hot(y, 3).double()
+    params = list(model.parameters())
+    n, physical = len(x), 40
+
+    def hvp(vec: np.ndarray) -> np.ndarray:
+        v = torch.as_tensor(vec, dtype=torch.float64).reshape(-1)
+        out = torch.zeros_like(v)
+        for i in range(0, n, physical):
+            value = summed(model(x[i:i + physical]), targets[i:i + physical]) / n
+            grads = torch.autograd.grad(value, params, create_graph=True)
+            dot = torch.cat([g.reshape(-1) for g in grads]) @ v
+            out += torch.cat([g.reshape(-1) for g in torch.autograd.grad(dot, params)])
+        return out.numpy()
+
+    dim = sum(p.numel() for p in params)
+    official = float(eigsh(LinearOperator((dim, dim), matvec=hvp, dtype=np.float64), k=1)[0][-1])
+    state = TrainState(data=SimpleNamespace(train_x=x, train_y=targets), seed=0,
+                       optimizer=torch.optim.SGD(params, lr=0.1),
+                       loss_fn=lambda out, t: summed(out, t) / len(out))
+    out = Sharpness(tol=1e-9, max_iter=dim, trace=False, chunk_size=physical).measure(model, state)
+    assert out["sharpness"] == pytest.approx(official, rel=1e-7)
+    assert out["stability_limit"] == pytest.approx(20.0) and "hessian_trace" not in out
