@@ -32,7 +32,8 @@ def mlp(bn: bool = False) -> nn.Module:
 
 def cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 3)).double()
+    layers = [nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 3)]
+    return nn.Sequential(*layers).double()
 
 
 def data(n: int = 64, image: bool = False, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

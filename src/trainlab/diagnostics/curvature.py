@@ -2,11 +2,12 @@
 
 The Hessian is that of the mean loss over given data with respect to a model's trainable
 parameters (flattened in `named_parameters()` order). Everything is matrix-free: an estimator
-only calls the Hessian-vector product (HVP), computed with torch.func as forward-over-reverse
-(`vjp` of `grad` of a `functional_call`, reverse over reverse), summed over chunks of the data.
+only calls the Hessian-vector product (HVP), computed with torch.func reverse over reverse (`vjp`
+of `grad` of a `functional_call`; the vjp is kept and reused across products), summed over chunks.
 
 * `HessianOperator`: the HVP as a callable on flat vectors (and `matrix()`, the exact Hessian by
   `torch.func.hessian`, for small models);
+* `lanczos`: the Lanczos tridiagonalization with full reorthogonalization;
 * `top_eigenvalues`: power iteration with deflation, or Lanczos with full reorthogonalization
   (Yao et al. 2020, "PyHessian: Neural Networks Through the Lens of the Hessian", arXiv:1912.07145);
 * `hutchinson_trace` (Rademacher probes) and `hutchpp_trace` (Meyer, Musco, Musco, Woodruff 2021,
@@ -18,7 +19,9 @@ only calls the Hessian-vector product (HVP), computed with torch.func as forward
 * the probe `sharpness` records the top eigenvalue and the trace of the training loss's Hessian per
   epoch beside the optimizer's linear-stability limit (Cohen, Kaur, Li, Kolter, Talwalkar 2021,
   "Gradient Descent on Neural Networks Typically Occurs at the Edge of Stability", arXiv:2103.00065:
-  under full-batch GD the sharpness rises to about 2/lr and hovers there).
+  under full-batch GD the sharpness rises to about 2/lr and hovers there); `stability_limit(optimizer)`
+  is that limit for the optimizer's current step. In a run: `trainlab train digits-mlp --probe
+  sharpness:every=2`, or `("sharpness", {"every": 2})` in a claim's arm.
 
 The estimators accept a `HessianOperator`, a dense symmetric matrix, or any callable on flat
 vectors with `dim=` given, so they are usable on other symmetric operators too.
@@ -104,7 +107,8 @@ class HessianOperator:
         if bn_mode not in BN_MODES:
             raise ConfigError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
         if len(inputs) != len(targets) or len(inputs) == 0:
-            raise ConfigError(f"inputs and targets must be non-empty and of equal length, got {len(inputs)} and {len(targets)}")
+            raise ConfigError("inputs and targets must be non-empty and of equal length, "
+                              f"got {len(inputs)} and {len(targets)}")
         if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) < 1):
             raise ConfigError(f"chunk_size must be a whole number >= 1 or None, got {chunk_size!r}")
         self.model, self.bn_mode = model, bn_mode
@@ -238,15 +242,15 @@ def _lanczos_steps(op: _Op, v0: torch.Tensor, max_steps: int) -> Iterator[tuple[
     no spurious copies of converged Ritz values appear. Stops early on an invariant subspace."""
     q = v0 / v0.norm()
     basis, alphas, betas = [q], [], []
-    for j in range(min(max_steps, op.dim)):
+    for _ in range(min(max_steps, op.dim)):
         w = op(basis[-1])
         alphas.append(torch.dot(w, basis[-1]))
         Q = torch.stack(basis, 1)
         for _ in range(2):
             w = w - Q @ (Q.T @ w)
         b = w.norm()
-        decomposition = Lanczos(torch.stack(alphas), torch.stack(betas) if betas else torch.zeros(0, dtype=torch.float64,
-                                device=op.device), Q)
+        off = torch.stack(betas) if betas else torch.zeros(0, dtype=torch.float64, device=op.device)
+        decomposition = Lanczos(torch.stack(alphas), off, Q)
         yield decomposition, float(b)
         scale = max(1.0, float(torch.stack(alphas).abs().max()))
         if float(b) <= 1e-10 * scale:
@@ -429,7 +433,8 @@ def spectral_density(op: Operator, num_runs: int = 10, num_steps: int = 50, *, g
     v^T H v over the runs, an unbiased estimate of trace(H) / dim."""
     o = _Op(op, dim)
     if num_runs < 1 or num_steps < 1 or grid_size < 2:
-        raise ConfigError(f"need num_runs >= 1, num_steps >= 1, grid_size >= 2; got {num_runs}, {num_steps}, {grid_size}")
+        raise ConfigError("need num_runs >= 1, num_steps >= 1, grid_size >= 2; "
+                          f"got {num_runs}, {num_steps}, {grid_size}")
     gen = _generator(seed)
     m = min(num_steps, o.dim)
     nodes = torch.zeros(num_runs, m, dtype=torch.float64)
