@@ -44,6 +44,13 @@ TECHNIQUE_MODULES: list[str] = [
     "trainlab.techniques.regularization.orthogonal_conv",
     "trainlab.techniques.pruning.hesso",
     "trainlab.techniques.pruning.magnitude",
+    # compression: N:M sparsity
+    # compression: quantization
+    # compression: quantized distillation
+    # compression: low rank
+    # compression: adapters
+    # compression: dynamic pruning
+    # compression: unlearning
     # diagnostics: probes (techniques that measure and change nothing) and the papers' laws as claims
     "trainlab.diagnostics.curvature",
     "trainlab.diagnostics.collapse",
