@@ -82,9 +82,13 @@ def test_sgd_stability_claims_use_plain_sgd_on_a_square_loss(claim):
     assert _task_for(claim, "treatment").batch_size == 1
     if claim.one_arm:
         assert claim.metric == "hessian_trace" and claim.reference == "stability_limit" and claim.direction == "lower"
-    else:  # the paper's contrast: GD (the whole training set) at the same learning rate
-        gd, sgd = _task_for(claim, "baseline"), _task_for(claim, "treatment")
-        assert gd.batch_size == gd.train_subset and gd.lr == sgd.lr
+    else:
+        base, treat = _task_for(claim, "baseline"), _task_for(claim, "treatment")
+        if base.batch_size > 1:  # the paper's contrast: GD (the whole training set) at the same learning rate
+            assert base.batch_size == base.train_subset and base.lr == treat.lr
+        else:  # the learning rate's effect: both online SGD, the treatment at the larger step size
+            assert treat.lr > base.lr
+        assert claim.direction == "lower" and claim.metric == "hessian_trace"
         assert {p.arm for p in claim.preconditions} == {"baseline", "treatment"}
 
 
@@ -162,3 +166,19 @@ def test_full_batch_gd_sharpness_rises_to_and_hovers_at_two_over_lr():
 def test_module_names_its_papers():
     doc = stability.__doc__ or ""
     assert "2103.00065" in doc and "2305.17490" in doc
+
+
+def test_square_loss_evaluate_reads_classes_and_signs():
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0]])
+    out = stability.square_loss_evaluate(model, x, torch.tensor([0, 0, 0]))
+    # outputs = x; one-hot class 0: errors (0,0), (-1,2), (2,1) -> 0.5 * mean(0, 5, 5)
+    assert out == {"loss": pytest.approx(0.5 * 10 / 3), "acc": pytest.approx(2 / 3)}
+    scalar = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        scalar.weight.copy_(torch.tensor([[1.0, -1.0]]))
+    res = stability.square_loss_evaluate(scalar, x, torch.tensor([[1.0], [1.0], [1.0]]))
+    # outputs 1, -2, 2 against +1: errors 0, 3, 1 -> 0.5 * mean(0, 9, 1); signs agree on 2 of 3
+    assert res == {"loss": pytest.approx(0.5 * 10 / 3), "acc": pytest.approx(2 / 3)}

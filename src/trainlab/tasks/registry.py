@@ -51,9 +51,10 @@ def _stdlib_lm_task() -> Task:
 
 def _stability_tasks() -> list[Task]:
     # square-loss tasks of the dynamical-stability claims (trainlab.diagnostics.stability)
-    from trainlab.diagnostics.stability import digits_parity, half_squared_error, scalar_mlp
+    from trainlab.diagnostics.stability import digits_parity, half_squared_error, scalar_mlp, square_loss_evaluate
 
-    plain = dict(optimizer="sgd", momentum=0.0, weight_decay=0.0, schedule="constant", train_subset=1000)
+    plain = dict(optimizer="sgd", momentum=0.0, weight_decay=0.0, schedule="constant", train_subset=1000,
+                 evaluate=square_loss_evaluate)
     return [
         Task(name="digits-tanh-mse", make_data=functools.partial(_data, "digits"),
              make_model=functools.partial(_model, "mlp"), loss_fn=half_squared_error, epochs=600, batch_size=1000,
