@@ -46,6 +46,7 @@ TECHNIQUE_MODULES: list[str] = [
     "trainlab.techniques.pruning.magnitude",
     # compression: N:M sparsity
     # compression: quantization
+    "trainlab.techniques.compression.quantization",
     # compression: quantized distillation
     # compression: low rank
     # compression: adapters
