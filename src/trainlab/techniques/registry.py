@@ -45,20 +45,16 @@ TECHNIQUE_MODULES: list[str] = [
     "trainlab.techniques.pruning.hesso",
     "trainlab.techniques.pruning.magnitude",
     # compression: N:M sparsity
-    "trainlab.techniques.compression.nm_sparsity",
-    "trainlab.techniques.compression.progressive_nm",
     # compression: quantization
     "trainlab.techniques.compression.quantization",
     # compression: quantized distillation
     # compression: low rank
-    "trainlab.techniques.compression.maestro",
     # compression: adapters
     "trainlab.techniques.compression.lora",
     "trainlab.techniques.compression.lora_xs",
     "trainlab.techniques.compression.lora_sb",
     "trainlab.techniques.compression.flora",
     # compression: dynamic pruning
-    "trainlab.techniques.compression.dynamic_pruning",
     # compression: unlearning
     "trainlab.techniques.compression.unlearning",
     # diagnostics: probes (techniques that measure and change nothing) and the papers' laws as claims
