@@ -45,6 +45,8 @@ TECHNIQUE_MODULES: list[str] = [
     "trainlab.techniques.pruning.hesso",
     "trainlab.techniques.pruning.magnitude",
     # compression: N:M sparsity
+    "trainlab.techniques.compression.nm_sparsity",
+    "trainlab.techniques.compression.progressive_nm",
     # compression: quantization
     "trainlab.techniques.compression.quantization",
     # compression: quantized distillation
