@@ -49,6 +49,13 @@ def _stdlib_lm_task() -> Task:
                             "Adam; not classification: reports test_ppl (perplexity) and test_bits_per_char")
 
 
+def _maestro_tasks() -> list[Task]:
+    # the linear-autoencoder task of the Maestro PCA claims (trainlab.techniques.compression.maestro)
+    from trainlab.techniques.compression.maestro import pca_task
+
+    return [pca_task()]
+
+
 def _stability_tasks() -> list[Task]:
     # square-loss tasks of the dynamical-stability claims (trainlab.diagnostics.stability)
     from trainlab.diagnostics.stability import digits_parity, half_squared_error, scalar_mlp, square_loss_evaluate
@@ -108,6 +115,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
           description="synthetic sequence classification needing attention, 2-layer transformer"),
     _stdlib_lm_task(),
     *_stability_tasks(),
+    *_maestro_tasks(),
     *_transfer_tasks(),
 ]}
 

@@ -51,6 +51,7 @@ TECHNIQUE_MODULES: list[str] = [
     "trainlab.techniques.compression.quantization",
     # compression: quantized distillation
     # compression: low rank
+    "trainlab.techniques.compression.maestro",
     # compression: adapters
     "trainlab.techniques.compression.lora",
     "trainlab.techniques.compression.lora_xs",
