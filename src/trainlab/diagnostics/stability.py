@@ -22,10 +22,16 @@ only stable while eta a [(1 - 1/n)/B + 1/n] <= 2 (mean square), i.e. the limit g
 2B/eta for B << n: the 2/eta form is the batch-size-1 statement, and larger batches loosen it. For
 vector outputs (K classes) each example contributes a rank-K block J_i^T J_i whose trace can be up
 to K times its top eigenvalue, so the 2/eta bound on tr(H) is a scalar-output statement; the claims
-here use a scalar-output task for it.
+here use a scalar-output task for it. (This derivation is ours: only the paper's abstract could be
+read here, not its theorems.)
 
-This module holds the claims and the pieces of their tasks (the losses and the scalar-output data
-and model), used by the named tasks "digits-tanh-mse" and "digits-parity-mse":
+Claims: eos-reaches-edge-lr{0.1,0.07} (max sharpness/(2/eta) >= 0.9), eos-hovers-lr* (late mean
+<= 1.1), eos-stays-at-edge-lr* (late mean >= 0.9); sgd-trace-bound-lr{0.02,0.05,0.1}
+(tr(H) <= 2/eta at the end of batch-size-1 SGD), sgd-flatter-than-gd (tr(H) lower for SGD than for
+GD at equal eta), sgd-larger-lr-flatter (tr(H) lower at the larger eta).
+
+This module holds the claims and the pieces of their tasks (the square loss and its test metrics,
+the scalar-output data and model), used by the named tasks "digits-tanh-mse" and "digits-parity-mse":
 
     trainlab train digits-tanh-mse --probe sharpness:every=5
     trainlab check eos-reaches-edge-lr0.1 --workers 1
@@ -58,7 +64,8 @@ def half_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Te
             raise ConfigError(f"half_squared_error: class labels must have shape [N], got {list(targets.shape)}")
         targets = F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)
     elif targets.shape != outputs.shape:
-        raise ConfigError(f"half_squared_error: targets {list(targets.shape)} do not match outputs {list(outputs.shape)}")
+        raise ConfigError(f"half_squared_error: targets {list(targets.shape)} do not match "
+                          f"outputs {list(outputs.shape)}")
     return 0.5 * (outputs - targets).pow(2).sum(1).mean()
 
 
@@ -188,7 +195,8 @@ _WU_OURS = ("Ours: scikit-learn digits, 1000 training images, scalar target +1 o
             "module docstring: larger batches loosen it, about 2B/eta for B << n), so the law is checked with "
             "batch size 1. ")
 #: (eta, epochs): online SGD to near-interpolation (pilot, seed 0: train loss 0.002 after 9 epochs at
-#: eta=0.05, 0.01 after 8 at eta=0.1; epochs fixed before the claims ran); eta=0.2 diverges at once (the initial trace, ~12, exceeds 2/eta=10).
+#: eta=0.05, 0.01 after 8 at eta=0.1; epochs fixed before the claims ran); eta=0.2 diverges at once
+#: (the initial trace, ~12, exceeds 2/eta=10).
 _WU_SETTINGS = ((0.02, 12), (0.05, 10), (0.1, 10))
 _WU_CONVERGED = Precondition("train_loss", "<=", 0.02, arm="treatment", over="max",
                              why="the run ends at (near) a global minimum: the law concerns minima SGD converges to")
