@@ -445,10 +445,9 @@ class SparseUnlearning(Technique):
 _QUOTE = ("We show in both theory and practice that model sparsity can boost the multi-criteria unlearning "
           "performance of an approximate unlearner, closing the approximation gap, while continuing to be "
           "efficient.")
-_NUMBER = ("CIFAR-10, ResNet-18, FT unlearning: on the 95%-sparse (OMP) model the gap to Retrain shrinks in UA "
-           "and MIA-efficacy for both class-wise and random-data (10%) forgetting, e.g. a 77% unlearning-efficacy "
-           "gain of FT with sparsity-aware unlearning (abstract); Table 3 reports each metric's gap to Retrain "
-           "for the dense and the 95%-sparse model")
+_NUMBER = ("CIFAR-10, ResNet-18, FT unlearning (its table of MU performance against sparsity): at 95% sparsity (OMP) the gap between FT and Retrain "
+           "shrinks, mainly in UA and MIA-efficacy, for class-wise and for random-data forgetting, at little cost "
+           "in RA and TA; abstract: a 77% unlearning-efficacy gain of FT with sparsity-aware (l1-sparse) unlearning")
 _SCALE = "CIFAR-10/100, SVHN, ImageNet; ResNet-18, VGG-16, ResNet-50"
 _SETTING = PaperSetting(
     train_size=45_000, epochs=182, params=11_200_000,
@@ -490,7 +489,11 @@ CLAIMS = [
         seeds=5, suites=("quick", "full"), paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
         paper_setting=_SETTING, preconditions=_regime("class 0"),
         notes=_NOTES + "Class-wise forgetting of class 0 (about 10% of the training set); TA on the test images of "
-                       "the other classes.",
+                       "the other classes. Measured (means over seeds 0-4, dense / 95% sparse): UA 0.004 / 0.046 "
+                       "(Retrain 1.000 / 1.000), MIA-efficacy 0.007 / 0.304 (Retrain 1.000 / 1.000), RA 0.994 / 0.969 "
+                       "(Retrain 0.995 / 0.977), TA 0.967 / 0.945 (Retrain 0.967 / 0.956), unlearn_gap 0.498 / 0.417. "
+                       "The smaller gap comes almost wholly from MIA-efficacy; one FT epoch leaves UA near 0 in both "
+                       "arms, far from Retrain's 1.0, so neither arm comes close to exact unlearning at this budget.",
     ),
     Claim(
         id="sparse-unlearning-ft-random", technique="sparse-unlearning", task="digits-mlp", metric="unlearn_gap",
@@ -500,6 +503,14 @@ CLAIMS = [
         baseline=arm(("sparse-unlearning", {**_FT, "sparsity": 0.0, "forget": "random:0.1"}), label="dense + FT"),
         seeds=5, suites=("quick", "full"), paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale=_SCALE,
         paper_setting=_SETTING, preconditions=_regime("a random 10% of the training set"),
-        notes=_NOTES + "Random forgetting of 10% of the training set (143 images, drawn per seed).",
+        notes=_NOTES + "Random forgetting of 10% of the training set (144 images, drawn per seed). Measured (means "
+                       "over seeds 0-4, dense / 95% sparse): UA 0.004 / 0.028 (Retrain 0.018 / 0.033), MIA-efficacy "
+                       "0.008 / 0.231 (Retrain 0.028 / 0.025), RA 0.995 / 0.969, TA 0.969 / 0.948, unlearn_gap "
+                       "0.009 / 0.058. At this scale the dense model hardly memorizes its forget set (accuracy 0.996 "
+                       "before unlearning against Retrain's 0.982 on it, and Retrain's MIA-efficacy is only 0.03), so "
+                       "dense FT is already within 1 point of Retrain; the sparse model's lower confidences make the "
+                       "attack call 23% of its forget set non-members, overshooting Retrain, which widens the gap. "
+                       "The paper's CIFAR-10 ResNet-18 memorizes more (a train-test gap of several points), leaving "
+                       "a gap for sparsity to close; that regime is not reached here.",
     ),
 ]
