@@ -224,3 +224,66 @@ def test_int8_dynamic_uses_the_models_integer_weights() -> None:
         assert torch.allclose(qweight.q_per_channel_scales().float(), w.weight_quant.step.detach())
     x = torch.randn(8, 16)
     assert (fast(x) - q(x)).abs().max() < 0.1 * q(x).abs().max()
+
+
+def test_per_layer_weight_step_uses_all_weights_for_n() -> None:
+    layer = nn.Conv1d(3, 4, 5)
+    wrap = QuantWrapper(layer, 4, 4, per_channel=False)
+    wrap(torch.randn(2, 3, 9))
+    wq = wrap.weight_quant
+    assert wq.step.shape == () and wq.values_per_step(layer.weight) == 60
+    assert torch.allclose(wq.step.detach(), 2 * layer.weight.detach().abs().mean() / math.sqrt(7))
+    assert wrap.act_quant.values_per_step(torch.randn(2, 3, 9)) == 27  # one example's inputs
+
+
+def _tiny_task(epochs: int):
+    import dataclasses
+
+    from trainlab.tasks.registry import get_task
+
+    base = get_task("digits-mlp")
+    return dataclasses.replace(base, epochs=epochs, model_kwargs={**base.model_kwargs, "width": 16})
+
+
+def test_qat_technique_switches_on_at_start_and_logs_size() -> None:
+    from trainlab.training.trainer import run_training
+
+    res = run_training(_tiny_task(2), [("qat", {"weight_bits": 4, "act_bits": 4, "start": 0.5})], seed=0)
+    assert [row["quant_active"] for row in res.epochs] == [0.0, 1.0]
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 10))
+    assert res.final["model_bytes"] == weight_bytes(quantize_model(net, 4, 4))
+
+
+def test_ptq_technique_evaluates_the_quantized_model_after_the_float_one() -> None:
+    from trainlab.training.trainer import run_training
+
+    task = _tiny_task(2)
+    plain = run_training(task, [], seed=1)
+    res = run_training(task, [("ptq", {"bits": 2, "first_last_bits": 2})], seed=1, keep_state=True)
+    # the float model PTQ starts from is the plain run's model (the quantizers are off until the end)
+    assert res.final["float_test_acc"] == plain.final["test_acc"]
+    assert "float_test_acc" not in res.epochs[0]
+    assert res.final["test_acc"] != plain.final["test_acc"]  # 2-bit everywhere changes the predictions
+    assert any(k.endswith("weight_quant.step") for k in res.state)
+
+
+def test_bf16_weights_technique_rounds_and_counts_two_bytes() -> None:
+    from trainlab.training.trainer import run_training
+
+    res = run_training(_tiny_task(1), ["bf16-weights"], seed=0, keep_state=True)
+    weights = [v for k, v in res.state.items() if k.endswith("weight")]
+    assert all(torch.equal(w, w.to(torch.bfloat16).float()) for w in weights)
+    assert res.final["model_bytes"] == 2 * res.params
+
+
+def test_settings_errors_are_config_errors() -> None:
+    from trainlab.techniques.compression.quantization import PTQTechnique, QATTechnique
+
+    with pytest.raises(ConfigError):
+        QATTechnique(weight_bits=9)
+    with pytest.raises(ConfigError):
+        QATTechnique(start=1.0)
+    with pytest.raises(ConfigError):
+        PTQTechnique(method="kl")
+    with pytest.raises(ConfigError):
+        PTQTechnique(calib_size=0)

@@ -23,9 +23,10 @@ The quantizer (LSQ, Sec. 2 of the paper), for bit width b:
     s is initialized to 2 <|v|> / sqrt(hi)
 
 The paper writes the bounds as -Q_N and Q_P (Q_N = -lo, Q_P = hi). Weights use one step per
-output channel here (the paper uses one per layer; see `deviations`), so N is the number of weights
-of that channel; activations use one step per layer's input tensor, with N the number of input
-values of one example (the paper's N_F, "the number of features in the layer").
+output channel by default (N: the weights of that channel), or one per layer as in the paper with
+``per_channel=False`` (N: all the layer's weights; the claims use this); activations use one step
+per layer's input tensor, with N the number of input values of one example (the paper's N_F,
+"the number of features in the layer").
 Activation signedness: "auto" decides from the first batch the quantizer sees (unsigned when it has
 no negative value, as after ReLU or max-pooling of ReLU outputs; signed otherwise) and keeps it.
 
@@ -65,6 +66,17 @@ Stable API (used by other modules; keep the signatures):
   float32 bytes of every other parameter: the model-size cost of the Pareto claims.
 * ``int8_dynamic(model)``: a CPU model whose 8-bit Linear layers run torch.ao's dynamic int8 kernel
   (fbgemm/x86) with this model's own integer weights and per-channel scales.
+* ``quantize_model``, ``ptq``, ``QuantWrapper`` take ``per_channel=False`` for one weight step per layer.
+
+Techniques: "qat" (settings weight_bits, act_bits, first_last_bits=8, start=0.5, per_channel, ...):
+trains in float for the first ``start`` share of the epochs (LSQ starts from a trained float
+network), then with all quantizers on; logs ``model_bytes``. "ptq" (bits, act_bits, first_last_bits,
+method, calib_size=512, ...): after the last epoch's steps, in that epoch's on_epoch_end (which the
+Trainer runs before the epoch's evaluation), logs the float model's ``float_test_acc`` and then
+calibrates and switches on the quantizers in place, so the run's final test metrics are the
+quantized model's. "bf16-weights": rounds the trained weights to bfloat16 the same way (the 16-bit
+point of the size comparisons). int8 CPU latency: benchmarks/quantization.py (2-4 bits have no CPU
+kernel in torch; sizes only).
 
 Plain PyTorch (QAT in any loop, then the artifact)::
 
@@ -90,6 +102,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
 from trainlab.errors import ConfigError
 from trainlab.techniques.compression.artifact import load_artifact, pack_bits, save_artifact, unpack_bits
 from trainlab.techniques.registry import register
@@ -164,8 +177,9 @@ class LSQQuantizer(nn.Module):
     """
 
     def __init__(self, bits: int, signed: bool | str = True, channels: int | None = None,
-                 channel_dim: int = 0, enabled: bool = True) -> None:
+                 channel_dim: int = 0, enabled: bool = True, batched: bool = True) -> None:
         super().__init__()
+        self.batched = batched  # per-tensor N counts one example's values (activations), else all values
         self.bits = _check_bits(bits)
         if signed not in (True, False, "auto"):
             raise ConfigError(f"quantization: signed must be True, False or 'auto', got {signed!r}")
@@ -201,7 +215,7 @@ class LSQQuantizer(nn.Module):
         """N of the gradient scale: values sharing one step (per example for activations)."""
         if self.channels is not None:
             return x.numel() // self.channels
-        return x[0].numel() if x.dim() > 1 else x.numel()
+        return x[0].numel() if self.batched and x.dim() > 1 else x.numel()
 
     @torch.no_grad()
     def decide_sign(self, x: torch.Tensor) -> None:
@@ -236,16 +250,18 @@ class LSQQuantizer(nn.Module):
 
 
 class QuantWrapper(nn.Module):
-    """A Linear/Conv layer with fake-quantized weight (per output channel, signed) and input."""
+    """A Linear/Conv layer with fake-quantized weight (signed; one step per output channel, or one per
+    layer with per_channel=False as in the LSQ paper) and input (one step per tensor)."""
 
     def __init__(self, layer: nn.Module, weight_bits: int, act_bits: int | None,
-                 act_signed: bool | str = "auto", enabled: bool = True) -> None:
+                 act_signed: bool | str = "auto", enabled: bool = True, per_channel: bool = True) -> None:
         super().__init__()
         if not isinstance(layer, QUANT_LAYERS):
             raise ConfigError(f"quantization: cannot wrap {type(layer).__name__} (Linear or Conv1d/2d/3d only)")
         self.layer = layer
-        out_channels = layer.weight.shape[0]
-        self.weight_quant = LSQQuantizer(weight_bits, True, channels=out_channels, channel_dim=0, enabled=enabled)
+        out_channels = layer.weight.shape[0] if per_channel else None
+        self.weight_quant = LSQQuantizer(weight_bits, True, channels=out_channels, channel_dim=0, enabled=enabled,
+                                         batched=False)
         self.act_quant = None if act_bits is None else LSQQuantizer(act_bits, act_signed, enabled=enabled)
 
     def quantized_weight(self) -> torch.Tensor:
@@ -275,11 +291,12 @@ def quantized_layers(model: nn.Module) -> list[tuple[str, QuantWrapper]]:
 
 def quantize_model(model: nn.Module, weight_bits: int, act_bits: int | None, first_last_bits: int | None = 8,
                    act_signed: bool | str = "auto", quantize_first_input: bool = True, inplace: bool = False,
-                   enabled: bool = True) -> nn.Module:
+                   enabled: bool = True, per_channel: bool = True) -> nn.Module:
     """Wrap every Linear/Conv layer in a QuantWrapper (weights per output channel, inputs per
     tensor). The first and last such layers (module order) use `first_last_bits` for weights and
     inputs (None: the same bits as the others). quantize_first_input=False leaves the network's
-    input in float. act_bits None: no activation quantization (weight-only)."""
+    input in float. act_bits None: no activation quantization (weight-only). per_channel=False: one
+    weight step per layer (the LSQ paper's choice) instead of one per output channel."""
     _check_bits(weight_bits, "weight_bits")
     if act_bits is not None:
         _check_bits(act_bits, "act_bits")
@@ -303,7 +320,7 @@ def quantize_model(model: nn.Module, weight_bits: int, act_bits: int | None, fir
             ab = None
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, QuantWrapper(layer, wb, ab, act_signed, enabled=enabled))
+        setattr(parent, attr, QuantWrapper(layer, wb, ab, act_signed, enabled=enabled, per_channel=per_channel))
     return model
 
 
@@ -390,12 +407,12 @@ def calibrate(model: nn.Module, calib_x: torch.Tensor, method: str = "mse", batc
 
 def ptq(model: nn.Module, calib_x: torch.Tensor, bits: int, act_bits: int | None = None,
         first_last_bits: int | None = 8, method: str = "mse", quantize_first_input: bool = True,
-        inplace: bool = False) -> nn.Module:
+        inplace: bool = False, per_channel: bool = True) -> nn.Module:
     """Post-training quantization: a quantized copy (in place with inplace=True) of a trained float
     model, weights at `bits` per output channel and inputs at `act_bits` (None: = bits) per tensor,
     first/last layers at `first_last_bits`, steps calibrated on calib_x by `method`."""
     q = quantize_model(model, bits, bits if act_bits is None else act_bits, first_last_bits,
-                       quantize_first_input=quantize_first_input, inplace=inplace)
+                       quantize_first_input=quantize_first_input, inplace=inplace, per_channel=per_channel)
     return calibrate(q, calib_x, method)
 
 
@@ -531,7 +548,7 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
         parent = out.get_submodule(parent_name) if parent_name else out
         weight = w.layer.weight
         if isinstance(w.layer, nn.Linear) and w.weight_quant.bits == 8:
-            steps = w.weight_quant.step.detach().reshape(-1)
+            steps = w.weight_quant.step.detach().reshape(-1).expand(weight.shape[0]).contiguous()
             with warnings.catch_warnings():  # torch marks its quantized-tensor constructors as deprecated
                 warnings.simplefilter("ignore")
                 setattr(parent, attr, _DynamicInt8Linear(w.weight_quant.codes(weight), steps, w.layer.bias))
@@ -563,8 +580,8 @@ class QATTechnique(Technique):
     paper = PAPER
     fidelity = "variant"
     deviations = (
-        "weights have one learned step per output channel (the paper: one per layer); activations one per layer as "
-        "in the paper",
+        "weights have one learned step per output channel by default (the paper: one per layer, per_channel=False, "
+        "which the claims use); activations one per layer as in the paper",
         "the full-precision start is the first `start` share of this run's own epochs (default half), then "
         "quantization-aware training continues under the task's optimizer and schedule; the paper fine-tunes an "
         "ImageNet-trained network for 90 epochs with SGD, cosine learning rate and bit-width-dependent weight decay",
@@ -577,14 +594,15 @@ class QATTechnique(Technique):
     summary = "quantization-aware training with learned step sizes (LSQ), weights and activations at 2-8 bits"
 
     def __init__(self, weight_bits: int = 4, act_bits: int | None = 4, first_last_bits: int | None = 8,
-                 start: float = 0.5, act_signed: bool | str = "auto", quantize_first_input: bool = True) -> None:
+                 start: float = 0.5, act_signed: bool | str = "auto", quantize_first_input: bool = True,
+                 per_channel: bool = True) -> None:
         _check_bits(weight_bits, "weight_bits")
         _optional_bits(act_bits, "act_bits")
         _optional_bits(first_last_bits, "first_last_bits")
         if not 0.0 <= start < 1.0:
             raise ConfigError(f"qat: start must be in [0, 1) (the share of epochs trained in float), got {start}")
         super().__init__(weight_bits=weight_bits, act_bits=act_bits, first_last_bits=first_last_bits, start=start,
-                         act_signed=act_signed, quantize_first_input=quantize_first_input)
+                         act_signed=act_signed, quantize_first_input=quantize_first_input, per_channel=per_channel)
         self.start = float(start)
         self.model: nn.Module | None = None
         self.active = False
@@ -592,7 +610,8 @@ class QATTechnique(Technique):
     def prepare(self, model: nn.Module, task: Any) -> nn.Module:
         s = self._settings
         self.model = quantize_model(model, s["weight_bits"], s["act_bits"], s["first_last_bits"], s["act_signed"],
-                                    s["quantize_first_input"], inplace=True, enabled=False)
+                                    s["quantize_first_input"], inplace=True, enabled=False,
+                                    per_channel=s["per_channel"])
         return self.model
 
     def start_epoch(self, epochs: int) -> int:
@@ -639,7 +658,7 @@ class PTQTechnique(Technique):
 
     def __init__(self, bits: int = 4, act_bits: int | None = None, first_last_bits: int | None = 8,
                  method: str = "mse", calib_size: int = 512, quantize_first_input: bool = True,
-                 weights_only: bool = False) -> None:
+                 weights_only: bool = False, per_channel: bool = True) -> None:
         _check_bits(bits, "bits")
         _optional_bits(act_bits, "act_bits")
         _optional_bits(first_last_bits, "first_last_bits")
@@ -648,7 +667,8 @@ class PTQTechnique(Technique):
         if isinstance(calib_size, bool) or not isinstance(calib_size, int) or calib_size < 1:
             raise ConfigError(f"ptq: calib_size must be a positive whole number, got {calib_size!r}")
         super().__init__(bits=bits, act_bits=act_bits, first_last_bits=first_last_bits, method=method,
-                         calib_size=calib_size, quantize_first_input=quantize_first_input, weights_only=weights_only)
+                         calib_size=calib_size, quantize_first_input=quantize_first_input, weights_only=weights_only,
+                         per_channel=per_channel)
         self.model: nn.Module | None = None
 
     def prepare(self, model: nn.Module, task: Any) -> nn.Module:
@@ -656,7 +676,7 @@ class PTQTechnique(Technique):
         act = None if s["weights_only"] else (s["bits"] if s["act_bits"] is None else s["act_bits"])
         # quantizers stay off (identity, their steps unused) until the end of training
         self.model = quantize_model(model, s["bits"], act, s["first_last_bits"], "auto", s["quantize_first_input"],
-                                    inplace=True, enabled=False)
+                                    inplace=True, enabled=False, per_channel=s["per_channel"])
         return self.model
 
     def on_epoch_end(self, model: nn.Module, state: TrainState) -> None:
@@ -674,3 +694,132 @@ class PTQTechnique(Technique):
         idx = torch.randperm(len(data.train_x), generator=gen)[: self._settings["calib_size"]]
         calibrate(model, data.train_x[idx].to(state.device), self._settings["method"])
         state.epoch_metrics["model_bytes"] = float(weight_bytes(model))
+
+
+@register
+class BF16WeightsTechnique(Technique):
+    """The 16-bit point of the size comparisons: after the last epoch's steps (before its
+    evaluation) every parameter is rounded to bfloat16 in place, so the evaluated model is a
+    bfloat16-weight model; its size, 2 bytes per parameter, is logged as `model_bytes`."""
+
+    name = "bf16-weights"
+    family = "compression"
+    paper = PARETO_PAPER
+    fidelity = "variant"
+    deviations = (
+        "the model trains in float32 and its weights are rounded to bfloat16 once after training (activations stay "
+        "float32); the paper trains and serves bfloat16 models",
+    )
+    modifies = frozenset({"weights"})
+    order = 90
+    summary = "round the trained weights to bfloat16 (the 16-bit point of quantized size comparisons)"
+
+    def on_epoch_end(self, model: nn.Module, state: TrainState) -> None:
+        if state.epoch != state.epochs - 1:
+            return
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(torch.bfloat16).to(p.dtype))
+        state.epoch_metrics["model_bytes"] = float(2 * sum(p.numel() for p in model.parameters()))
+
+
+# --------------------------------------------------------------------------------- claims
+
+_LSQ_QUOTE = ("we introduce Learned Step Size Quantization, a method for training deep networks such that they can run "
+              "at inference time using low precision integer matrix multipliers ... achieves the highest accuracy to "
+              "date on the ImageNet dataset when using models, from a variety of architectures, with weights and "
+              "activations quantized to 2-, 3- or 4-bits of precision")
+_LSQ_SETTING = PaperSetting(train_size=1_281_167, epochs=90, params=11_700_000,
+                            text="ImageNet, ResNet-18/34/50/152, VGG-16bn, SqueezeNext; a trained full-precision network "
+                                 "fine-tuned 90 epochs with SGD (momentum 0.9), cosine learning rate; weights and inputs "
+                                 "of every conv/linear layer at 2/3/4/8 bits with one step per layer; first and last "
+                                 "layers at 8 bits")
+_PARETO_QUOTE = ("the bfloat16 compute cost-quality tradeoff curve is Pareto-dominated by the 4-bit and 8-bit curves, "
+                 "with models primarily quantized to 4-bit yielding the best Pareto curve")
+_PARETO_SETTING = PaperSetting(train_size=1_281_167, params=25_600_000,
+                               text="ImageNet, ResNet-18/34/50/101/152/200 at several widths, quantization-aware "
+                                    "training (AQT, JAX) of bfloat16, 8-bit and 4-bit models (first and last layers "
+                                    "at 8 bits in the 4-bit models); cost axis: inference compute cost, also memory")
+# 1-D BatchNorm CNN on MNIST-1D; weights with one step per layer as in LSQ
+_PER_LAYER = {"per_channel": False}
+_QAT4 = arm(("qat", {"weight_bits": 4, "act_bits": 4, **_PER_LAYER}), label="LSQ QAT, 4-bit weights and inputs")
+_PTQ4 = arm(("ptq", {"bits": 4, **_PER_LAYER}), label="PTQ (MSE-calibrated), 4-bit weights and inputs")
+_PTQ_LOSES = Precondition(
+    metric="float_test_acc - test_acc", op=">=", threshold=0.005, arm="baseline",
+    why="4-bit post-training quantization costs the trained network accuracy (>= 0.5 points on average), the gap "
+        "quantization-aware training is meant to close")
+_WIDE, _NARROW8, _NARROW16 = (16, 32, 32), (12, 24, 24), (9, 18, 18)
+_BYTES4 = 3384  # weight_bytes of the 4-bit model at _WIDE (4-bit middle layers, 8-bit first and last)
+_CAPACITY = Precondition(
+    metric="test_acc", op="<=", threshold=0.955, arm="baseline",
+    why="the narrower model is capacity-limited (the full-width 32-64-64 float model reaches ~0.968), so width "
+        "buys accuracy and the comparison at equal size is the paper's trade-off")
+
+
+def _width(ch: tuple[int, ...]) -> dict[str, Any]:
+    return {"model_kwargs": {"channels": ch}}
+
+
+CLAIMS = [
+    Claim(
+        id="lsq-qat-beats-ptq-4bit-mnist1d", technique="qat", task="mnist1d-cnn", metric="test_acc",
+        direction="higher", treatment=_QAT4, baseline=_PTQ4, seeds=5, preconditions=(_PTQ_LOSES,),
+        paper_quote=_LSQ_QUOTE,
+        paper_number="ResNet-18 top-1: full precision 70.5%, LSQ 4-bit 71.1%, 3-bit 70.2%, 2-bit 67.6% (Table 1)",
+        paper_scale="ImageNet, ResNet/VGG/SqueezeNext", paper_setting=_LSQ_SETTING,
+        notes="Both arms train the same float network for the first half of the 15 epochs; QAT then trains with 4-bit "
+              "weights and inputs (LSQ steps, first/last layer at 8 bits) for the second half, PTQ trains on in float "
+              "and quantizes at the end (per-layer weight step and per-tensor input steps chosen by squared-error "
+              "search on 512 training examples). PTQ's float accuracy is logged as float_test_acc, so its loss to "
+              "quantization is measured in the same runs. Small networks lose little to 4-bit PTQ (single-seed scan: "
+              "0.3-0.6 points on digits-cnn and mnist1d-cnn); mnist1d-cnn was chosen for its 1,000 test examples.",
+    ),
+    Claim(
+        id="lsq-qat-4bit-matches-float-mnist1d", technique="qat", task="mnist1d-cnn", metric="test_acc",
+        direction="higher", treatment=_QAT4, baseline=arm(label="float32 training"), margin=0.01, seeds=5,
+        paper_quote=_LSQ_QUOTE,
+        paper_number="ResNet-18 top-1: full precision 70.5%, LSQ 4-bit 71.1% (Table 1)",
+        paper_scale="ImageNet, ResNet/VGG/SqueezeNext", paper_setting=_LSQ_SETTING,
+        notes="Non-inferiority: 4-bit QAT within 1 point of the float network trained for the same 15 epochs (the "
+              "paper's 4-bit networks match or exceed full precision). Shares the QAT runs of "
+              "lsq-qat-beats-ptq-4bit-mnist1d.",
+    ),
+    Claim(
+        id="pareto-4bit-vs-8bit-equal-size-mnist1d", technique="qat", task="mnist1d-cnn", metric="test_acc",
+        direction="higher", margin=0.005, seeds=5,
+        treatment=arm(("qat", {"weight_bits": 4, "act_bits": 4, **_PER_LAYER}), **_width(_WIDE),
+                      label="4-bit QAT, channels 16-32-32 (3,384 bytes)"),
+        baseline=arm(("qat", {"weight_bits": 8, "act_bits": 8, **_PER_LAYER}), **_width(_NARROW8),
+                     label="8-bit QAT, channels 12-24-24 (3,420 bytes)"),
+        preconditions=(_CAPACITY,
+                       Precondition("model_bytes", "<=", _BYTES4, arm="treatment", over="max",
+                                    why="the 4-bit model is no larger than the 8-bit one"),
+                       Precondition("model_bytes", ">=", _BYTES4, arm="baseline", over="min",
+                                    why="the 8-bit model is at least as large as the 4-bit one")),
+        paper_quote=_PARETO_QUOTE, paper_number="4-bit ResNet-50 77.09% top-1; 4-bit curves Pareto-dominate",
+        paper_scale="ImageNet ResNets of several depths and widths", paper_setting=_PARETO_SETTING,
+        notes="Equal size, different width: the cost is model bytes from weight_bytes() (packed weight codes at their "
+              "bit width + float32 steps + float32 biases and BatchNorm parameters; it equals the artifact's tensor "
+              "payload). The middle conv layers dominate the size (9 x c_in x c_out codes), so a 4-bit network of "
+              "width w (16-32-32: 3,384 bytes, first/last layers 8-bit) is compared with an 8-bit network of width "
+              "~w/sqrt(2) rounded to whole channels (12-24-24: 3,420 bytes, 1% larger). Non-inferiority (4-bit wins "
+              "or ties within 0.5 points). The paper's x-axis is compute cost; here it is model size. Width scan "
+              "(float, seed 0): 8-16-16 0.890, 16-32-32 0.951, 32-64-64 0.968.",
+    ),
+    Claim(
+        id="pareto-4bit-vs-bf16-equal-size-mnist1d", technique="qat", task="mnist1d-cnn", metric="test_acc",
+        direction="higher", seeds=5,
+        treatment=arm(("qat", {"weight_bits": 4, "act_bits": 4, **_PER_LAYER}), **_width(_WIDE),
+                      label="4-bit QAT, channels 16-32-32 (3,384 bytes)"),
+        baseline=arm("bf16-weights", **_width(_NARROW16), label="bfloat16 weights, channels 9-18-18 (3,530 bytes)"),
+        preconditions=(_CAPACITY,
+                       Precondition("model_bytes", ">=", _BYTES4, arm="baseline", over="min",
+                                    why="the bfloat16 model is at least as large as the 4-bit one")),
+        paper_quote=_PARETO_QUOTE, paper_number="for each bfloat16 ResNet there are quantized models with lower cost "
+                                                "and higher accuracy",
+        paper_scale="ImageNet ResNets of several depths and widths", paper_setting=_PARETO_SETTING,
+        notes="Superiority at equal size: a 4-bit network of width 16-32-32 against a bfloat16 network (2 bytes per "
+              "parameter, biases and BatchNorm included) of the largest width-ratio-1:2:2 size no smaller than it "
+              "(9-18-18). Shares the 4-bit runs of pareto-4bit-vs-8bit-equal-size-mnist1d.",
+    ),
+]
