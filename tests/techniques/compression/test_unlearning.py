@@ -263,3 +263,37 @@ def test_the_technique_logs_unlearned_and_retrained_metrics() -> None:
     hidden = [v for k, v in r.state.items() if k.endswith("weight")][:-1]
     zeros = sum(int((w == 0).sum()) for w in hidden) / sum(w.numel() for w in hidden)
     assert zeros == pytest.approx(0.5, abs=1e-3)
+
+
+# ---- the compressed model ----------------------------------------------------------------------
+def test_sparse_model_file_round_trip(tmp_path) -> None:
+    from trainlab.techniques.compression.artifact import dense_bytes
+    from trainlab.techniques.compression.unlearning import load_sparse_model, save_sparse_model
+
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.BatchNorm1d(128), nn.Linear(128, 10))
+    magnitude_prune(model, 0.95)
+    model.eval()
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        expected = model(x)
+    size = save_sparse_model(tmp_path / "m.pt", model)
+    # 8192 pruned weights: 410 float values + 1 bit each; the 10 x 128 head and the rest dense
+    pruned_bytes = 4 * round(0.05 * 8192) + 8192 // 8
+    dense_rest = dense_bytes(model) - 4 * 8192
+    assert size < pruned_bytes + dense_rest + 4096        # + the file's header
+    assert size < 0.35 * dense_bytes(model)
+    fresh = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.BatchNorm1d(128), nn.Linear(128, 10)).eval()
+    load_sparse_model(tmp_path / "m.pt", fresh)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), expected)
+    assert int((fresh[0].weight == 0).sum()) == round(0.95 * 8192)
+
+
+def test_a_dense_model_is_stored_densely(tmp_path) -> None:
+    from trainlab.techniques.compression.artifact import load_artifact
+    from trainlab.techniques.compression.unlearning import save_sparse_model
+
+    model = _mlp()
+    save_sparse_model(tmp_path / "d.pt", model)
+    tensors, meta = load_artifact(tmp_path / "d.pt", "sparse-unlearning")
+    assert meta["sparse"] == {} and set(tensors) == set(model.state_dict())
