@@ -297,3 +297,15 @@ def test_a_dense_model_is_stored_densely(tmp_path) -> None:
     save_sparse_model(tmp_path / "d.pt", model)
     tensors, meta = load_artifact(tmp_path / "d.pt", "sparse-unlearning")
     assert meta["sparse"] == {} and set(tensors) == set(model.state_dict())
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path) -> None:
+    from trainlab.training.trainer import run_training
+
+    tech = [("sparse-unlearning", {"sparsity": 0.5, "forget": "random:0.2"})]
+    full = run_training("blobs-mlp", tech, seed=1)
+    ck = tmp_path / "ck.pt"
+    run_training("blobs-mlp", tech, seed=1, checkpoint=ck, stop_after_epochs=2)
+    resumed = run_training("blobs-mlp", tech, seed=1, checkpoint=ck, resume=True)
+    for k in ("ua", "ra", "ta", "mia_efficacy", "retrain_ua", "retrain_ra", "retrain_ta", "unlearn_gap"):
+        assert resumed.final[k] == full.final[k], k

@@ -448,10 +448,25 @@ class SparseUnlearning(Technique):
         self.recover_epochs, self.recover_lr = recover_epochs, float(recover_lr)
         self.l1_alpha, self.mia, self.retrain = float(l1_alpha), mia, bool(retrain)
         self._init: nn.Module | None = None
+        self._init_state: dict[str, Tensor] | None = None
 
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
-        # the initial weights, for Retrain from the same starting point
-        self._init = copy.deepcopy(model) if self.retrain else None
+        # the initial weights, for Retrain from the same starting point (a resumed run brings them
+        # from its checkpoint through load_state_dict, which runs before this hook)
+        if not self.retrain:
+            self._init = None
+            return
+        self._init = copy.deepcopy(model)
+        if self._init_state is not None:
+            self._init.load_state_dict(self._init_state)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._init is None:
+            return {}
+        return {"init": {k: v.detach().clone() for k, v in self._init.state_dict().items()}}
+
+    def load_state_dict(self, state: Any) -> None:
+        self._init_state = state.get("init")
 
     def on_epoch_end(self, model: nn.Module, state: TrainState) -> None:
         if state.epoch != state.epochs - 1:
