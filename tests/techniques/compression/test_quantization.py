@@ -184,10 +184,11 @@ def test_mse_calibration_is_the_grid_optimum_per_channel() -> None:
         assert float(errs["mse"][c]) == pytest.approx(best, rel=1e-5)
 
 
-def test_artifact_round_trip_is_exact(tmp_path) -> None:
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_artifact_round_trip_is_exact(tmp_path, per_channel: bool) -> None:
     net = _net()
     x = torch.randn(16, 1, 8, 8)
-    q = quantize_model(net, 3, 4)
+    q = quantize_model(net, 3, 4, per_channel=per_channel)
     opt = torch.optim.SGD(q.parameters(), lr=0.05)
     for _ in range(3):  # moves weights and steps off their initial values
         opt.zero_grad()
@@ -195,7 +196,7 @@ def test_artifact_round_trip_is_exact(tmp_path) -> None:
         opt.step()
     q.eval()
     size = save_quantized(q, tmp_path / "q.pt")
-    back = load_quantized(tmp_path / "q.pt", quantize_model(_net(seed=5), 3, 4)).eval()
+    back = load_quantized(tmp_path / "q.pt", quantize_model(_net(seed=5), 3, 4, per_channel=per_channel)).eval()
     assert torch.equal(back(x), q(x))
     tensors, meta = export_quantized(q)
     # packed codes take ceil(numel * bits / 8) bytes
@@ -203,7 +204,7 @@ def test_artifact_round_trip_is_exact(tmp_path) -> None:
         assert tensors[f"{name}.codes"].numel() == math.ceil(math.prod(entry["shape"]) * entry["bits"] / 8)
     assert size > 0
     with pytest.raises(ConfigError):
-        load_quantized(tmp_path / "q.pt", quantize_model(_net(), 4, 4))
+        load_quantized(tmp_path / "q.pt", quantize_model(_net(), 4, 4, per_channel=per_channel))
 
 
 def test_weight_bytes_counts_packed_codes_and_steps() -> None:
