@@ -55,6 +55,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -374,7 +375,9 @@ class CSRLinear(nn.Module):
         super().__init__()
         w = linear.weight.detach()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = nn.Parameter(w.to_sparse_csr(), requires_grad=False)
+        with warnings.catch_warnings():   # torch marks its CSR support as beta
+            warnings.simplefilter("ignore", UserWarning)
+            self.weight = nn.Parameter(w.to_sparse_csr(), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -480,13 +483,14 @@ CLAIMS = [
         treatment=arm(("sr-ste", {"n": 2, "m": 4}), label="SR-STE 2:4 (every Linear but the classifier)"),
         baseline=arm(label="dense"),
         preconditions=(Precondition("test_acc", ">=", 0.95, arm="baseline", why="the dense model learns the task"),),
-        paper_quote="SR-STE ... 2:4 sparse ResNet-50 ... 77.0% top-1 accuracy ... comparable to the dense model (77.3%)",
-        paper_number="ImageNet ResNet-50: dense 77.3%, SR-STE 2:4 77.0%",
+        overrides={"data_kwargs": {"seq_len": 32, "vocab": 16}, "model_kwargs": {"vocab_size": 16}},
+        paper_quote="a 2:4 sparse network could achieve 2x speed-up without performance drop on Nvidia A100 GPUs",
+        paper_number="ImageNet ResNet-50: dense 77.3%, SR-STE 2:4 77.0% (as we read the paper's table; not re-checked)",
         paper_scale="ImageNet ResNet-50 (120 epochs), also DeiT-small and Transformer translation",
         paper_setting=_SETTING,
-        notes="Non-inferiority within 1 point of test accuracy. 2-layer transformer (dim 64, 102k parameters) on "
-              "majority-token classification, 15 epochs of AdamW; all q/k/v/out and MLP Linears 2:4 sparse, the "
-              "token/position embeddings and the classifier dense. The same arms serve as the dense reference of "
-              "the nm-decay claims.",
+        notes="Non-inferiority within 1 point of test accuracy. 2-layer transformer (dim 64, about 100k parameters) on "
+              "majority-token classification of 32 tokens over 16 symbols (the setting of the nm-decay claims, whose "
+              "dense reference this claim's baseline is), 15 epochs of AdamW; every q/k/v/out and MLP Linear 2:4 "
+              "sparse, the token/position embeddings and the classifier dense.",
     ),
 ]

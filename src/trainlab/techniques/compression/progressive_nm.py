@@ -257,17 +257,22 @@ _QUOTE = ("we employ decay mechanisms to progressively restrict the flow of grad
           "regime")
 _SRSTE_1_16 = arm(("sr-ste", {"n": 1, "m": 16}), label="SR-STE 1:16")
 _REGIME = (
-    Precondition("test_acc", "<=", 0.99, arm="baseline",
-                 why="SR-STE loses accuracy at this sparsity (the dense model reaches 1.0, see "
+    Precondition("test_acc", "<=", 0.995, arm="baseline",
+                 why="SR-STE loses accuracy at this sparsity (the dense model reaches 0.999 here, see "
                      "sr-ste-2of4-seq-transformer): the high-sparsity regime the paper targets"),
     Precondition("train_acc", ">=", 0.3, arm="baseline", relative_to="chance",
                  why="the SR-STE baseline trains at all"),
 )
-_NOTES = ("2-layer transformer (dim 64, 102k parameters) on majority-token classification, 15 epochs of AdamW "
-          "(about 540 steps); every q/k/v/out and MLP Linear at 1:16 (94% sparse), the embeddings and the "
-          "classifier dense; both arms evaluated with the hard 1:16 mask. The paper's transformers are 100-1000x "
-          "larger and train for 10^5-10^6 steps; its decay coefficient is per step, here set from decay_span (the "
-          "mask decays over the first quarter of training), a choice made before any run.")
+#: harder than the task's default (sequences of 16 tokens over 8 symbols), see _NOTES
+SEQ_OVERRIDES = {"data_kwargs": {"seq_len": 32, "vocab": 16}, "model_kwargs": {"vocab_size": 16}}
+_NOTES = ("2-layer transformer (dim 64, about 100k parameters) on majority-token classification of 32 tokens over 16 "
+          "symbols, 15 epochs of AdamW (about 470 steps); every q/k/v/out and MLP Linear at 1:16 (94% sparse), the "
+          "embeddings and the classifier dense; both arms evaluated with the hard 1:16 mask. Setting chosen for the "
+          "paper's regime before any treatment run: on the task's default data (16 tokens over 8 symbols) SR-STE at "
+          "1:16 reached test accuracy 1.0 (one pilot seed, also at dim 32), i.e. no loss from sparsity to recover; "
+          "at 32 tokens over 16 symbols one pilot seed gave dense 0.999 and SR-STE 1:16 0.987. The paper's "
+          "transformers are 100-1000x larger and train for 10^5-10^6 steps; its decay coefficient is per step, here "
+          "set from decay_span (the mask decays over the first quarter of training), fixed before any run.")
 
 CLAIMS = [
     Claim(
@@ -275,7 +280,7 @@ CLAIMS = [
         direction="higher", seeds=5, suites=("full",),
         treatment=arm(("nm-decay", {"n": 1, "m": 16, "method": "mdgf", "decay": "exp"}),
                       label="MDGF-exponential 1:16"),
-        baseline=_SRSTE_1_16, preconditions=_REGIME,
+        baseline=_SRSTE_1_16, preconditions=_REGIME, overrides=SEQ_OVERRIDES,
         paper_quote=_QUOTE, paper_number="ViT-Base ImageNet at 1:32 ... 1:128: MDGF/SDGF up to +2% over SR-STE; "
                                          "T5 up to +5%", paper_scale="ImageNet ViT/Swin, T5 on C4",
         paper_setting=_SETTING, notes=_NOTES,
@@ -285,7 +290,7 @@ CLAIMS = [
         direction="higher", seeds=5, suites=("full",),
         treatment=arm(("nm-decay", {"n": 1, "m": 16, "method": "sdgf", "structure": "stepwise"}),
                       label="SDGF-stepwise 1:16 (15:16, 8:16, 4:16, 2:16, 1:16)"),
-        baseline=_SRSTE_1_16, preconditions=_REGIME,
+        baseline=_SRSTE_1_16, preconditions=_REGIME, overrides=SEQ_OVERRIDES,
         paper_quote=_QUOTE, paper_number="ViT-Base ImageNet at 1:32 ... 1:128: MDGF/SDGF up to +2% over SR-STE; "
                                          "T5 up to +5%", paper_scale="ImageNet ViT/Swin, T5 on C4",
         paper_setting=_SETTING, notes=_NOTES + " SDGF frames: 3 epochs each.",
