@@ -335,7 +335,8 @@ class TransferCNN(nn.Module):
     global average pooling, so every weight is a 4-D conv kernel (no BatchNorm: a frozen base
     stays frozen, running statistics included)."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, channels: tuple[int, int, int] = (16, 32, 32)) -> None:
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int,
+                 channels: tuple[int, int, int] = (16, 32, 32)) -> None:
         super().__init__()
         c0 = int(input_shape[0])
         c1, c2, c3 = channels

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import string
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -186,6 +186,10 @@ CLAIMS = [
                f"as the matrix [out, in*kh*kw] (peft's convention), r = {LORA_RANK}: {_LORA_COUNT:,} trainable. "
                f"Rank rule, fixed before any run: FLoRA's channel rank is the largest whose total count does not "
                f"exceed LoRA's, spatial ranks full (3, and 1 for the 1x1 head): r = {_FLORA_RANK}, "
-               f"{_FLORA_COUNT:,} trainable. Superiority by at least 1 accuracy point."),
+               f"{_FLORA_COUNT:,} trainable. Superiority by at least 1 accuracy point. "
+               "Measured (seeds 0-4, test / train "
+               "accuracy): LoRA 0.544-0.689 / 0.574-0.730, FLoRA 0.811-0.900 / 0.849-0.902, the frozen base "
+               "0.12-0.17 on the target; neither arm fits the training set at this budget. Full fine-tuning of this "
+               "net is not an arm here (lora-vs-full-finetune checks it on the MLP)."),
     ),
 ]

@@ -8,9 +8,9 @@ Method: a pretrained weight W0 (d_out x d_in) stays frozen; the adapted weight i
 W0 + (alpha / r) B A with B (d_out x r) and A (r x d_in) trained, r << min(d_out, d_in). A starts
 random and B at zero, so Delta W = 0 at the start (as in loralib: A ~ kaiming_uniform(a=sqrt(5)),
 B = 0). Trainable parameters per layer: r (d_in + d_out). After training, B A is merged into W0, so
-inference costs what the dense network costs. Per layer r is capped at min(d_out, d_in). A conv kernel [out, in, kh, kw] is adapted as the
-matrix [out, in * kh * kw] (the convention of Hugging Face peft; loralib's ConvLoRA uses a larger
-A and B of rank r * k).
+inference costs what the dense network costs. Per layer r is capped at min(d_out, d_in). A conv
+kernel [out, in, kh, kw] is adapted as the matrix [out, in * kh * kw] (the convention of Hugging
+Face peft; loralib's ConvLoRA uses a larger A and B of rank r * k).
 
 Claim: "LoRA performs on-par or better than fine-tuning in model quality on RoBERTa, DeBERTa,
 GPT-2, and GPT-3, despite having fewer trainable parameters". Checked here as non-inferiority of
@@ -117,18 +117,20 @@ _SETTING = PaperSetting(
     text="RoBERTa base/large, DeBERTa XXL on GLUE, GPT-2 M/L on E2E/WebNLG/DART, GPT-3 175B on WikiSQL/MNLI/"
          "SAMSum; LoRA on W_q and W_v (r = 1-8 for GPT-3, 8 for RoBERTa), AdamW, lr tuned per method")
 _NOTES = (
-    "Setting: the base network (2x128 ReLU MLP, 25,221 weights) is pretrained on digits 0-4 inside each run "
+    "Setting: the base network (2x128 ReLU MLP, 25,477 parameters) is pretrained on digits 0-4 inside each run "
     "(make_model, deterministic per seed); both arms adapt it to digits 5-9 relabelled 0-4 (about 720 training "
     "images) with Adam lr 3e-3, cosine, 20 epochs of batch 64. Baseline: full fine-tuning (every weight trains, "
     "from the same pretrained weights). Treatment: LoRA r = 4, alpha = r, on all three Linear layers, the "
     "classifier included (biases frozen): 4 x (64+128) + 4 x (128+128) + 4 x (128+5) = 2,324 trainable "
     "parameters (9% of the network). The learning rate is the task's, the same for both arms (the paper tunes "
-    "it per method). Margin: 2 accuracy points.")
+    "it per method). Margin: 2 accuracy points. Measured (seeds 0-4): frozen base on the target 0.15-0.18; "
+    "full fine-tuning test 0.961-0.972 (train 0.994-0.999); LoRA test 0.883-0.944 (train 0.939-0.970): LoRA "
+    "has not fitted the training set at this budget, full fine-tuning has.")
 CLAIMS = [
     Claim(
         id="lora-vs-full-finetune", technique="lora", task="digits-transfer-mlp", metric="test_acc",
         direction="higher", treatment=arm(("lora", {"rank": 4}), label="LoRA r=4 (2,324 trainable)"),
-        baseline=arm(label="full fine-tuning (25,221 trainable)"), margin=0.02, seeds=5,
+        baseline=arm(label="full fine-tuning (25,477 trainable)"), margin=0.02, seeds=5,
         paper_quote="LoRA performs on-par or better than fine-tuning in model quality on RoBERTa, DeBERTa, GPT-2, "
                     "and GPT-3, despite having fewer trainable parameters",
         paper_number="GPT-3 175B: WikiSQL 73.4 (LoRA 4.7M params) vs 73.8 (fine-tune 175B); MNLI-m 91.7 vs 89.5",

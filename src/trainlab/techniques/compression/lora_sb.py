@@ -173,12 +173,18 @@ class LoRASB(AdapterTechnique):
 # per layer the rank is capped at min(d_out, d_in) (the 5-class head: 5).
 _COUNTS = ("Trainable parameters (2x128 MLP on 8x8 inputs, all three Linear layers adapted, biases frozen): "
            "LoRA r=4: 4x(64+128) + 4x(128+128) + 4x(128+5) = 2,324; LoRA-SB r=12: 12^2 + 12^2 + 5^2 = 313 "
-           "(7.4x fewer; the paper: 27-90x fewer at LLM scale); LoRA-XS r=12: 313; full fine-tuning: 25,221. ")
+           "(7.4x fewer; the paper: 27-90x fewer at LLM scale); LoRA-XS r=12: 313; full fine-tuning: 25,477. ")
 _SETUP = ("Setting: the base network is pretrained on digits 0-4 inside each run (make_model, deterministic per "
           "seed); every arm adapts it to digits 5-9 relabelled 0-4 (about 720 training images) with Adam lr 3e-3, "
           "one warmup epoch, cosine, 20 epochs of batch 64, the same lr for every arm (the paper tunes lr per "
           "method). LoRA-SB's init uses the gradient of one batch of 64 training samples and the first step's lr "
-          "(lr / 11 warmup steps), as the official code does with its lr / warmup steps. ")
+          "(lr / 11 warmup steps), as the official code does with its lr / warmup steps. Measured (seeds 0-4, test / "
+          "train accuracy): LoRA r=4 0.883-0.950 / 0.942-0.969; LoRA-SB r=12 0.706-0.761 / 0.723-0.768; LoRA-XS "
+          "r=12 0.789-0.861 / 0.827-0.869; the frozen base 0.15-0.18 on the target. Both r x r methods underfit at "
+          "this shared lr and budget (training accuracy far below 1), LoRA-SB most: its Delta W = B R A with "
+          "orthonormal B, A moves by about lr per entry of R and step, LoRA-XS's by (alpha/r) Sigma_r times that. "
+          "The paper tunes lr per method on a grid (GLUE script: 1e-4 to 5e-3); no per-method lr search is done "
+          "here, so these verdicts hold for one shared lr (3e-3, the task's, fixed before any adapter run). ")
 _SETTING = PaperSetting(
     params=9_000_000_000,
     text="Mistral-7B and Gemma-2 9B on MetaMathQA -> GSM8K/MATH, Llama-3.2 3B on commonsense reasoning, "
