@@ -58,6 +58,7 @@ TECHNIQUE_MODULES: list[str] = [
     "trainlab.techniques.compression.lora_sb",
     "trainlab.techniques.compression.flora",
     # compression: dynamic pruning
+    "trainlab.techniques.compression.dynamic_pruning",
     # compression: unlearning
     "trainlab.techniques.compression.unlearning",
     # diagnostics: probes (techniques that measure and change nothing) and the papers' laws as claims
