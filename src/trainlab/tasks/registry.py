@@ -82,6 +82,13 @@ def _transfer_tasks() -> list[Task]:
     return transfer_tasks()
 
 
+def _domain_tasks() -> list[Task]:
+    # multi-domain tasks (Rotated / Colored MNIST, MNIST <-> digits): trainlab.tasks.domains
+    from trainlab.tasks.domains import domain_tasks
+
+    return domain_tasks()
+
+
 TASKS: dict[str, Task] = {t.name: t for t in [
     _task("blobs-mlp", "blobs", "mlp", epochs=4, batch_size=32, lr=0.05, weight_decay=0.0,
           model_kwargs={"width": 32, "depth": 2},
@@ -117,6 +124,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     *_stability_tasks(),
     *_maestro_tasks(),
     *_transfer_tasks(),
+    *_domain_tasks(),
 ]}
 
 

@@ -264,7 +264,8 @@ def run_training(
             train_seconds = time.perf_counter() - epoch_start
             for t in techs:
                 t.on_epoch_end(model, state)
-            row = _epoch_row(epoch, model, data, task, device, state, loss_sum, correct, seen, optimizer, train_seconds)
+            row = _epoch_row(epoch, model, data, task, device, state, loss_sum, correct, seen, optimizer, train_seconds,
+                             history)
             history.append(row)
             if on_epoch is not None and dist.is_main:
                 on_epoch(row)
@@ -359,6 +360,8 @@ def _head(data, n_train: int, n_test: int):
     info = dict(data.info)
     if info.get("source_test_x") is not None:
         info["source_test_x"] = info["source_test_x"][:n_test]
+    if info.get("train_domain_index") is not None:   # a multi-domain task: keep the domain of each row aligned
+        info["train_domain_index"] = info["train_domain_index"][:n_train]
     clean = data.clean_train_y[:n_train] if data.clean_train_y is not None else None
     return dataclasses.replace(data, train_x=data.train_x[:n_train], train_y=data.train_y[:n_train],
                                test_x=data.test_x[:n_test], test_y=data.test_y[:n_test], clean_train_y=clean, info=info)
@@ -371,16 +374,25 @@ def _evaluate_all(model: nn.Module, data, task: Task, device: torch.device) -> d
     if source_x is not None:  # a shifted target domain: also report the source domain
         src = evaluate_task(model, source_x, data.test_y, task, device, data.is_classification)
         out.update({f"source_test_{k}": v for k, v in src.items() if k == "acc" or not data.is_classification})
+    if data.is_classification and data.info.get("domains") is not None:  # a multi-domain task: every domain
+        from trainlab.tasks.domains import domain_metrics
+
+        out.update(domain_metrics(model, data, task, device))
     return out
 
 
-def _epoch_row(epoch, model, data, task, device, state, loss_sum, correct, seen, optimizer, seconds) -> dict[str, float]:
+def _epoch_row(epoch, model, data, task, device, state, loss_sum, correct, seen, optimizer, seconds,
+               history: Sequence[dict[str, float]] = ()) -> dict[str, float]:
     row: dict[str, float] = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1)}
     if data.is_classification:
         row["train_acc"] = correct / max(seen, 1)
     row.update(_evaluate_all(model, data, task, device))
     if data.is_classification:
         row["chance_acc"] = 1.0 / data.num_classes
+    if "val_acc" in row and data.info.get("domains") is not None:  # training-domain validation selection
+        from trainlab.tasks.domains import select_by_validation
+
+        row.update(select_by_validation([*history, row]))
     if data.clean_train_y is not None:  # label noise: record memorization (for regime preconditions)
         row.update(noisy_label_fit(model, data.train_x, data.train_y, data.clean_train_y, task.eval_batch_size, device))
     row["lr"] = float(optimizer.param_groups[0]["lr"])
