@@ -298,3 +298,15 @@ def test_settings_are_checked() -> None:
         build_technique("low-rank", {"rank_ratio": 1.5})
     with pytest.raises(ConfigError):
         build_technique("maestro", {"budget_rank_ratio": 0.0})
+
+
+def test_sampled_only_step_resets_the_rank_and_convs_train() -> None:
+    from trainlab.training.trainer import run_training
+
+    result = run_training("blobs-mlp", [("maestro", {"full_pass": False, "gp_lambda": 0.0})], seed=0)
+    assert result.status == "finished" and result.final["rank_l0"] == 16
+    from trainlab.tasks.registry import get_task
+
+    task = get_task("digits-cnn").with_overrides({"train_subset": 256, "epochs": 1})
+    cnn = run_training(task, [("maestro", {"gp_lambda": 1e-3})], seed=0)
+    assert cnn.status == "finished" and cnn.final["factor_params"] > 0

@@ -573,7 +573,8 @@ class _LowRankBase(Technique):
                 m[f"pca_alignment_k{self.pca_k}"] = float(align[-1])
         if self.budget is not None and state.epoch == state.epochs - 1:
             if not state.data.is_classification:
-                raise ConfigError(f"{self.name}: budget_rank_ratio reports test accuracy; the task is not classification")
+                raise ConfigError(f"{self.name}: budget_rank_ratio reports test accuracy; "
+                                  "the task is not classification")
             trimmed = copy.deepcopy(model)
             kept = truncate_to_budget(trimmed, self.budget)
             m["budget_target"] = float(self.budget)
@@ -587,7 +588,18 @@ class Maestro(_LowRankBase):
 
     name = "maestro"
     paper = PAPER
-    fidelity = "faithful"
+    fidelity = "exact"
+    fidelity_evidence = (
+        "tests/techniques/compression/test_maestro.py against the official maestro/layers and samplers: the SVD "
+        "initialization U = A sqrt(S), V = B sqrt(S) (decompose_linear; test_svd_initialization_is_balanced_and_"
+        "truncation_is_eckart_young, test_full_rank_factorization_equals_the_dense_layer for Linear and conv), the "
+        "prefix forward weight[:inner_dim] (test_ordered_dropout_keeps_exactly_the_first_r_components), the plain "
+        "and hierarchical (flip-cumsum-flip) group lasso and importance of _compute_lasso "
+        "(test_group_lasso_and_importance_by_hand), the per_layer sampler's shuffled pass over all (layer, rank) pairs "
+        "(test_sampler_draws_every_layer_rank_pair_once_per_pass), assign_low_rank's importance >= threshold "
+        "(test_shrinking_removes_small_components_and_the_layer_shrinks); the training step (full loss + sampled loss "
+        "on the full model's softmax + lambda_gp * group lasso, shrinking after every epoch) follows "
+        "cifar_mnist_main.py")
     deviations = (
         "pruned components are cut out of the parameters (and the optimizer state) after each epoch; the official "
         "code masks them during training and cuts them when exporting; outputs are the same",
@@ -656,7 +668,7 @@ class FixedLowRank(_LowRankBase):
     name = "low-rank"
     paper = PAPER
     fidelity = "control"
-    summary = "factorize layers as U V^T at fixed rank ceil(rank_ratio * R) from the SVD of the init; train at that rank"
+    summary = "factorize layers as U V^T at fixed rank ceil(rank_ratio * R) from the SVD of the init; train there"
 
     def __init__(self, rank_ratio: float | None = 0.25, skip_first: int = 0, skip_last: bool = False, pca_k: int = 0,
                  budget_rank_ratio: float | None = None) -> None:
@@ -756,7 +768,8 @@ CLAIMS: list[Claim] = [
                                     why="the full factorized model reconstructs the data (the ordering is then "
                                         "what ordered dropout adds)"),),
         notes=_PCA_NOTES + " Reference 0.95: every prefix of the first four learned output directions within 5% of "
-                           "its principal subspace on average.",
+                           "its principal subspace on average. Measured (5 seeds): 0.970-0.997 (the 4-d prefix "
+                           "alone 0.889-0.992); test reconstruction loss below 1e-4.",
     ),
     Claim(
         id="maestro-pca-order-vs-plain", technique="maestro", task="pca-linear-ae", metric="pca_alignment",
@@ -768,7 +781,8 @@ CLAIMS: list[Claim] = [
         paper_number="(control: the ordering comes from the rank sampling, not from the factorization)",
         paper_scale="linear maps and linear autoencoders on small synthetic data", paper_setting=_PCA_SETTING,
         notes=_PCA_NOTES + " Control: the same factorization (SVD of the same initialization, full rank) trained on "
-                           "the plain loss reconstructs as well but its component order is arbitrary.",
+                           "the plain loss reconstructs as well but its component order is arbitrary. Measured "
+                           "(5 seeds): plain 0.208-0.247, Maestro 0.970-0.997.",
     ),
     Claim(
         id="maestro-mnist1d-budget", technique="maestro", task="mnist1d-mlp", metric="budget_test_acc",
@@ -799,6 +813,12 @@ CLAIMS: list[Claim] = [
               "importance across both layers (budget_test_acc). lambda_gp was chosen from Maestro-only pilot "
               "runs (seed 0: lambda 0 / 1e-4 / 1e-3 / 5e-3 ended at 189% / 120% / 35% / 8% of the dense weights) "
               "as the strongest that stays above the budget; the official default 5e-3 shrinks below it. "
-              "Pilot (seed 0): dense MLP 62.2% test accuracy; fixed rank 0.25 -> 50.1%, 0.125 -> 46.1%.",
+              "Pilot (seed 0): dense MLP 62.2% test accuracy; fixed rank 0.25 -> 50.1%, 0.125 -> 46.1%. "
+              "Measured (5 seeds): Maestro ended at 32-36% of the dense weights with ranks 37-39 (of 40) in the "
+              "first layer and 25-31 (of 256) in the second, test accuracy 56.8-60.0%, and 56.5-59.7% when cut to "
+              "the budget; the fixed-rank baseline (ranks 5 and 32) reached 39.8-48.6%. Maestro keeps almost the "
+              "whole 40-d input layer and cuts the 256 x 256 layer hard, where a uniform rank ratio does the "
+              "opposite: this is the per-layer rank selection the paper credits. Not separated here: Maestro "
+              "also trains two forward passes per step and starts at full rank.",
     ),
 ]
