@@ -50,6 +50,7 @@ TECHNIQUE_MODULES: list[str] = [
     # compression: quantization
     "trainlab.techniques.compression.quantization",
     # compression: quantized distillation
+    "trainlab.techniques.compression.quantized_distillation",
     # compression: low rank
     "trainlab.techniques.compression.maestro",
     # compression: adapters
