@@ -244,14 +244,14 @@ def test_run_reports_per_domain_metrics_and_selection():
 
     task = _toy_task()
     result = run_training(task, seed=0, keep_state=True)
-    keys = {"domain_acc_a", "domain_acc_b", "domain_acc_c", "source_test_acc", "domain_val_acc_a",
-            "domain_val_acc_b", "val_acc", "selected_test_acc", "selected_epoch"}
+    keys = {"domain_a_acc", "domain_b_acc", "domain_c_acc", "source_test_acc", "domain_a_val_acc",
+            "domain_b_val_acc", "val_acc", "selected_test_acc", "selected_epoch"}
     for row in result.epochs:
         assert keys <= set(row)
-        assert "domain_val_acc_c" not in row
-        assert row["domain_acc_c"] == row["test_acc"]
-        assert row["val_acc"] == pytest.approx((row["domain_val_acc_a"] + row["domain_val_acc_b"]) / 2)
-        assert row["source_test_acc"] == pytest.approx((row["domain_acc_a"] + row["domain_acc_b"]) / 2)
+        assert "domain_c_val_acc" not in row
+        assert row["domain_c_acc"] == row["test_acc"]
+        assert row["val_acc"] == pytest.approx((row["domain_a_val_acc"] + row["domain_b_val_acc"]) / 2)
+        assert row["source_test_acc"] == pytest.approx((row["domain_a_acc"] + row["domain_b_acc"]) / 2)
     assert result.final["selected_test_acc"] == select_by_validation(result.epochs)["selected_test_acc"]
     # the final metrics are the final model's accuracy on each domain's own test split
     from trainlab.tasks.loading import load_task_data
@@ -261,7 +261,7 @@ def test_run_reports_per_domain_metrics_and_selection():
     model.load_state_dict(result.state)
     for name, d in data.info["domains"].items():
         acc = evaluate(model, d["test_x"], d["test_y"], 1024, torch.device("cpu"))["acc"]
-        assert result.final[f"domain_acc_{name}"] == pytest.approx(acc)
+        assert result.final[f"domain_{name}_acc"] == pytest.approx(acc)
     assert keys <= set(dry_run(task))
 
 
@@ -294,3 +294,16 @@ def test_plain_tasks_keep_their_keys():
 
     result = run_training("blobs-mlp", seed=0)
     assert not any(k.startswith(("domain_", "selected_", "val_acc")) for k in result.final)
+
+
+def test_domain_cnn_splits_features_and_head():
+    from trainlab.tasks.domains import DomainCNN
+
+    for shape in [(1, 28, 28), (2, 28, 28), (1, 16, 16), (1, 8, 8)]:
+        model = DomainCNN(shape, 10, hidden=32)
+        x = torch.randn(3, *shape)
+        feats = model.features(x)
+        assert feats.shape == (3, 32) and torch.equal(model(x), model.head(feats))
+        assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    with pytest.raises(ConfigError):
+        DomainCNN((28, 28), 10)
