@@ -307,3 +307,33 @@ def test_domain_cnn_splits_features_and_head():
         assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     with pytest.raises(ConfigError):
         DomainCNN((28, 28), 10)
+
+
+def test_report_shows_per_domain_accuracy(tmp_path):
+    from trainlab.claims.claim import Claim, arm
+    from trainlab.claims.report import domain_names, write_report
+    from trainlab.claims.result import ClaimResult
+    from trainlab.claims.stats import analyze
+
+    def run(a, b, c, val):   # two training domains a, b and the target c; 2 epochs
+        rows = []
+        for e in (1, 2):
+            rows.append({"epoch": float(e), "test_acc": c * e / 2, "domain_a_acc": a * e / 2, "domain_b_acc": b * e / 2,
+                         "domain_c_acc": c * e / 2, "domain_a_val_acc": val, "domain_b_val_acc": val,
+                         "val_acc": val * e / 2, "selected_test_acc": c * e / 2})
+        return rows
+
+    claim = Claim(id="dom-claim", technique="mixup", task="rotated-mnist", metric="test_acc", direction="higher",
+                  treatment=arm("mixup"))
+    curves = {"baseline": [run(0.9, 0.8, 0.3, 0.85), run(0.9, 0.8, 0.5, 0.85)],
+              "treatment": [run(0.9, 0.9, 0.6, 0.9), run(0.9, 0.9, 0.6, 0.9)]}
+    r = ClaimResult(claim=claim.to_dict(), seeds=[0, 1], baseline_values=[0.3, 0.5], treatment_values=[0.6, 0.6],
+                    analysis=analyze([0.6, 0.6], [0.3, 0.5], "higher", 0.0), curves=curves)
+    assert domain_names(r) == {"a": "training", "b": "training", "c": "target"}
+    paths = write_report([r], tmp_path)
+    md = paths["markdown"].read_text()
+    assert "Per-domain accuracy" in md
+    # target c: baseline mean of the final values 0.3 and 0.5 = 40 %, treatment 60 %, +20 points
+    line = next(ln for ln in md.splitlines() if ln.startswith("| c (target)"))
+    assert "40" in line and "60" in line and "+20" in line
+    assert paths["domains_dom-claim"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,6 +17,10 @@
   length (diverged, failed) are averaged over the seeds that reached each epoch.
 * ``overhead.png``: time-per-step and peak-memory ratios (treatment / baseline) per claim, with a
   line at 1.0.
+* ``domains_<claim id>.png``: for claims on a multi-domain task (runs that log ``domain_<name>_acc``,
+  see trainlab.tasks.domains), each domain's final test accuracy per arm, mean over seeds with a
+  min-max bar; the claim's section has the same numbers as a table (training domains, the held-out
+  target, the training-domain validation accuracy and the validation-selected target accuracy).
 * ``probes_<claim id>_<probe>.png``: for each probe (diagnostics technique) of the claim's arms, one
   panel per metric key it records (its ``metric_keys``), per epoch, mean over seeds with a min-max
   band per arm; keys no run recorded are left out. A probe's cost (its seconds measuring per run
@@ -88,6 +92,10 @@ def write_report(
         if _plot_curves(r, path):
             curve_files[i] = path
             paths[f"curves_{_claim_id(r, i)}"] = path
+        if domain_names(r):
+            path = out_dir / f"domains_{_safe_name(_claim_id(r, i))}.png"
+            _plot_domains(r, path)
+            paths[f"domains_{_claim_id(r, i)}"] = path
         for probe, keys in probe_metric_keys(r).items():
             path = out_dir / f"probes_{_safe_name(_claim_id(r, i))}_{_safe_name(probe)}.png"
             if _plot_probe(r, probe, keys, path):
@@ -313,6 +321,7 @@ def _claim_blocks(r: ClaimResult, i: int, curves: Path | None, probes: Sequence[
                          "training steps) against the run's training seconds (mean over the arm's runs)."))
         out.append(("table", ["arm", "probe", "s measuring / run", "s training / run", "measuring / training",
                               "measurements / run"], rows))
+    out.extend(_domain_blocks(r, i))
     if curves is not None:
         out.append(("img", curves.name, f"learning curves of {_claim_id(r, i)}"))
     else:
@@ -739,6 +748,85 @@ def _plot_probe(r: ClaimResult, probe: str, keys: Sequence[str], path: Path) -> 
     fig.tight_layout()
     fig.savefig(path, format="png")
     return True
+
+
+_DOMAIN_KEY = re.compile(r"^domain_(\w+?)_acc$")
+
+
+def domain_names(r: ClaimResult) -> dict[str, str]:
+    """Domain name -> "training" or "target" for a claim on a multi-domain task (its runs log
+    `domain_<name>_acc`; a training domain also logs `domain_<name>_val_acc`); {} otherwise."""
+    logged: list[str] = []
+    for runs in r.curves.values():
+        for run in runs or []:
+            for row in run or []:
+                logged.extend(k for k in row if k not in logged)
+    names = [m.group(1) for k in logged if (m := _DOMAIN_KEY.match(k)) and not k.endswith("_val_acc")]
+    return {n: ("training" if f"domain_{n}_val_acc" in logged else "target") for n in names}
+
+
+def _final_values(runs: Sequence[Sequence[dict]], key: str) -> list[float]:
+    """Per seed, the key's value in the last epoch row that has a finite one."""
+    out = []
+    for run in runs or []:
+        values = [v for row in run or [] if (v := _finite_or_none(row.get(key))) is not None]
+        if values:
+            out.append(values[-1])
+    return out
+
+
+def _domain_blocks(r: ClaimResult, i: int) -> list[Block]:
+    """Per-domain accuracy table (final epoch, mean over seeds per arm) and its plot."""
+    names = domain_names(r)
+    if not names:
+        return []
+    arms = [a for a in ("baseline", "treatment") if r.curves.get(a)]
+    rows_keys = [(f"{n} ({role})", f"domain_{n}_acc") for n, role in names.items()]
+    rows_keys += [("training-domain validation (val_acc)", "val_acc"),
+                  ("target, selected by val_acc (selected_test_acc)", "selected_test_acc")]
+    rows = []
+    for label, key in rows_keys:
+        means = []
+        for a in arms:
+            v = _final_values(r.curves[a], key)
+            means.append(float(np.mean(v)) if v else float("nan"))
+        row = [label, *(f"{_num(100 * m, 3)}" if math.isfinite(m) else "n/a" for m in means)]
+        if len(arms) == 2:
+            row.append(_num(100 * (means[1] - means[0]), 3, signed=True) if all(map(math.isfinite, means)) else "n/a")
+        rows.append(row)
+    headers = ["domain (test split)", *(f"{a} acc %" for a in arms), *(["diff (points)"] if len(arms) == 2 else [])]
+    return [("h", 3, "Per-domain accuracy"),
+            ("p", "Final-epoch test accuracy on each domain's own test split, mean over seeds (training domains: "
+                  "in-domain; target: held out). Model selection by training-domain validation reads no target "
+                  "label."),
+            ("table", headers, rows),
+            ("img", f"domains_{_safe_name(_claim_id(r, i))}.png", f"per-domain accuracy of {_claim_id(r, i)}")]
+
+
+def _plot_domains(r: ClaimResult, path: Path) -> None:
+    """Grouped bars: each domain's final test accuracy per arm, mean over seeds, min-max error bar."""
+    names = domain_names(r)
+    arms = [a for a in ("baseline", "treatment") if r.curves.get(a)]
+    fig = _new_figure(max(4.0, 0.9 * len(names) + 2.0), 3.2)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = {"baseline": "#57606a", "treatment": "#0969da"}
+    width = 0.8 / max(len(arms), 1)
+    xs = np.arange(len(names))
+    for j, a in enumerate(arms):
+        stats = [(_final_values(r.curves[a], f"domain_{n}_acc") or [float("nan")]) for n in names]
+        mean = np.array([np.mean(v) for v in stats])
+        low = mean - np.array([np.min(v) for v in stats])
+        high = np.array([np.max(v) for v in stats]) - mean
+        ax.bar(xs + (j - (len(arms) - 1) / 2) * width, mean, width, yerr=[low, high], capsize=3,
+               color=colors.get(a), label=f"{a} ({len(r.curves[a])} seed(s))")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{n}\n({role})" for n, role in names.items()], fontsize=7)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{_claim_id(r, 0)}: per-domain accuracy, final epoch", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
 
 
 def _curve_key(r: ClaimResult) -> str | None:
