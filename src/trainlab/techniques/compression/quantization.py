@@ -776,7 +776,9 @@ CLAIMS = [
               "and quantizes at the end (per-layer weight step and per-tensor input steps chosen by squared-error "
               "search on 512 training examples). PTQ's float accuracy is logged as float_test_acc, so its loss to "
               "quantization is measured in the same runs. Small networks lose little to 4-bit PTQ (single-seed scan: "
-              "0.3-0.6 points on digits-cnn and mnist1d-cnn); mnist1d-cnn was chosen for its 1,000 test examples.",
+              "0.3-0.6 points on digits-cnn and mnist1d-cnn); mnist1d-cnn was chosen for its 1,000 test examples. "
+              "Measured (5 seeds, mean test_acc): float 96.74%, PTQ 4-bit 95.66% (loss to PTQ 1.08 points, 0.6-1.5 "
+              "per seed), QAT 4-bit 96.42%.",
     ),
     Claim(
         id="lsq-qat-4bit-matches-float-mnist1d", technique="qat", task="mnist1d-cnn", metric="test_acc",
@@ -786,7 +788,8 @@ CLAIMS = [
         paper_scale="ImageNet, ResNet/VGG/SqueezeNext", paper_setting=_LSQ_SETTING,
         notes="Non-inferiority: 4-bit QAT within 1 point of the float network trained for the same 15 epochs (the "
               "paper's 4-bit networks match or exceed full precision). Shares the QAT runs of "
-              "lsq-qat-beats-ptq-4bit-mnist1d.",
+              "lsq-qat-beats-ptq-4bit-mnist1d. Measured (5 seeds): float 96.74%, QAT 4-bit 96.42%; the interval's lower "
+              "end (-1.1 points) lies just past the 1-point margin.",
     ),
     Claim(
         id="pareto-4bit-vs-8bit-equal-size-mnist1d", technique="qat", task="mnist1d-cnn", metric="test_acc",
@@ -809,7 +812,8 @@ CLAIMS = [
               "width w (16-32-32: 3,384 bytes, first/last layers 8-bit) is compared with an 8-bit network of width "
               "~w/sqrt(2) rounded to whole channels (12-24-24: 3,420 bytes, 1% larger). Non-inferiority (4-bit wins "
               "or ties within 0.5 points). The paper's x-axis is compute cost; here it is model size. Width scan "
-              "(float, seed 0): 8-16-16 0.890, 16-32-32 0.951, 32-64-64 0.968.",
+              "(float, seed 0): 8-16-16 0.890, 16-32-32 0.951, 32-64-64 0.968. Measured (5 seeds, mean test_acc): "
+              "4-bit 16-32-32 94.70%, 8-bit 12-24-24 92.50%.",
     ),
     Claim(
         id="pareto-4bit-vs-bf16-equal-size-mnist1d", technique="qat", task="mnist1d-cnn", metric="test_acc",
@@ -824,6 +828,7 @@ CLAIMS = [
         paper_scale="ImageNet ResNets of several depths and widths", paper_setting=_PARETO_SETTING,
         notes="Superiority at equal size: a 4-bit network of width 16-32-32 against a bfloat16 network (2 bytes per "
               "parameter, biases and BatchNorm included) of the largest width-ratio-1:2:2 size no smaller than it "
-              "(9-18-18). Shares the 4-bit runs of pareto-4bit-vs-8bit-equal-size-mnist1d.",
+              "(9-18-18). Shares the 4-bit runs of pareto-4bit-vs-8bit-equal-size-mnist1d. Measured (5 seeds, mean "
+              "test_acc): 4-bit 16-32-32 94.70%, bfloat16 9-18-18 90.88%.",
     ),
 ]
