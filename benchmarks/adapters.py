@@ -1,7 +1,7 @@
 """Adapters (LoRA, LoRA-XS, LoRA-SB, FLoRA): trainable parameters, adapter file sizes, latency.
 
     python benchmarks/adapters.py                  # a 4x1024 MLP and a 64-128-128 conv net
-    python benchmarks/adapters.py --rank 8 --rounds 9   # default rounds 5
+    python benchmarks/adapters.py --rank 8 --rounds 9   # default rounds 3
 
 Per model and method (all Linear layers for the MLP, all conv kernels for the CNN):
 1. trainable parameters (the optimizer's) and their share of the dense model's;
@@ -86,7 +86,7 @@ def bench(name: str, make, x: torch.Tensor, rank: int, rounds: int, conv: bool, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rank", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(1)
