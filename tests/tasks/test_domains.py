@@ -3,7 +3,6 @@ construction, MNIST <-> digits, per-domain metrics and training-domain-validatio
 import gzip
 import math
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -337,3 +336,19 @@ def test_report_shows_per_domain_accuracy(tmp_path):
     line = next(ln for ln in md.splitlines() if ln.startswith("| c (target)"))
     assert "40" in line and "60" in line and "+20" in line
     assert paths["domains_dom-claim"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_docstring_user_task_runs_from_a_file(tmp_path):
+    """The module docstring's own-task snippet, saved as a file and named as file.py:shifted."""
+    from trainlab.training.trainer import run_training
+
+    doc = domains.__doc__
+    start = doc.index("    import torch\n", doc.index("A user's own multi-domain task"))
+    end = doc.index("\nand in a file", start)
+    code = "\n".join(line[4:] for line in doc[start:end].splitlines())
+    (tmp_path / "my_tasks.py").write_text(code)
+    task = get_task(f"{tmp_path / 'my_tasks.py'}:shifted")
+    result = run_training(task.with_overrides({"epochs": 2}), seed=0)
+    assert {"domain_near_acc", "domain_mid_acc", "domain_far_acc", "domain_near_val_acc", "val_acc",
+            "selected_test_acc"} <= set(result.final)
+    assert result.final["domain_far_acc"] == result.final["test_acc"]

@@ -38,7 +38,6 @@ A user's own multi-domain task (runnable as it stands):
     import torch
     from trainlab import Task
     from trainlab.tasks.domains import make_domain_bundle
-    from trainlab.tasks.registry import _model
 
     def two_blobs(n: int = 300, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
@@ -473,20 +472,23 @@ def _cnn(input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> torch
 
 def domain_tasks() -> list[Task]:
     """The named multi-domain tasks (registered in trainlab.tasks.registry)."""
-    # Adam at 1e-3 without weight decay: DomainBed's defaults for its MNIST datasets
+    # Adam at 1e-3 without weight decay: DomainBed's defaults for its MNIST datasets. suite_seconds: one
+    # run's wall time measured here on a shared, loaded 2-core machine (CPU time 7-14 s)
     common = dict(make_model=_cnn, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="constant", batch_size=64)
     return [
-        Task(name="rotated-mnist", make_data=rotated_mnist, epochs=6,
+        Task(name="rotated-mnist", make_data=rotated_mnist, epochs=6, suite_seconds=57,
              description="Rotated MNIST: 6 domains at 0..75 degrees, 1000 train + 200 val + 500 test images each; "
                          "target 75 degrees (data_kwargs target=<angle>); small CNN; needs MNIST files", **common),
-        Task(name="colored-mnist", make_data=colored_mnist, epochs=4,
+        Task(name="colored-mnist", make_data=colored_mnist, epochs=4, suite_seconds=41,
              description="Colored MNIST (IRM / DomainBed): digit<5 with 25% label noise, colour agrees with the "
                          "label 90% / 80% in the training domains, 10% in the target; small CNN; needs MNIST files",
              **common),
         Task(name="mnist-to-digits", make_data=functools.partial(mnist_digits, source="mnist"), epochs=6,
+             suite_seconds=27,
              description="MNIST (3000 labelled) -> scikit-learn digits, both 16x16: a resolution/style shift; "
                          "small CNN; needs MNIST files", **common),
         Task(name="digits-to-mnist", make_data=functools.partial(mnist_digits, source="digits"), epochs=15,
+             suite_seconds=28,
              description="scikit-learn digits (1000 labelled) -> MNIST, both 16x16: the reverse shift; small CNN; "
                          "needs MNIST files", **common),
     ]
