@@ -231,17 +231,41 @@ def test_technique_settings_are_checked() -> None:
         FisherMerge(scale="best")
 
 
-def test_arms_share_the_fine_tuned_copies_and_the_run_ends_as_the_merge() -> None:
+def test_arms_share_the_fine_tuned_copies() -> None:
     from trainlab.tasks.registry import get_task
     from trainlab.training.trainer import run_training
 
     task = get_task("digits-mlp").with_overrides({"epochs": 1, "model_kwargs": {"width": 32, "depth": 1}})
     small = dict(setting="tasks", finetune_epochs=1, fisher_examples=64)
-    runs = {m: run_training(task, [FisherMerge(method=m, **small)], seed=0).final for m in ("average", "fisher")}
+    runs = {m: run_training(task, [FisherMerge(method=m, **small)], seed=0).final
+            for m in ("average", "fisher", "task-arithmetic")}
     for key in ("finetuned_acc_task0", "finetuned_acc_task1", "average_acc", "spread"):
-        assert runs["average"][key] == runs["fisher"][key]
+        assert runs["average"][key] == runs["fisher"][key] == runs["task-arithmetic"][key]
+    assert runs["task-arithmetic"]["scale"] in [round(0.05 * i, 2) for i in range(1, 21)]
     # the average arm's merged model is the plain average, which every arm logs as average_acc
     assert runs["average"]["merged_acc"] == pytest.approx(runs["average"]["average_acc"])
     assert runs["fisher"]["merged_acc"] == pytest.approx(
         (runs["fisher"]["merged_acc_task0"] + runs["fisher"]["merged_acc_task1"]) / 2)
     assert runs["fisher"]["spread"] > 0
+
+
+def test_a_model_without_a_linear_classifier_is_refused_before_training() -> None:
+    from trainlab.tasks.registry import get_task
+
+    task = get_task("digits-mlp")
+    data = task.make_data()
+    conv_head = nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten())
+    assert "nn.Linear with 10 outputs" in FisherMerge.check_applicable(task, data, conv_head)
+    assert FisherMerge.check_applicable(task, data, nn.Sequential(nn.Flatten(), nn.Linear(64, 10))) is None
+
+
+def test_the_run_is_evaluated_as_the_merged_model() -> None:
+    from trainlab.tasks.registry import get_task
+    from trainlab.training.trainer import run_training
+
+    task = get_task("digits-mlp").with_overrides({"epochs": 1, "model_kwargs": {"width": 32, "depth": 1}})
+    final = run_training(task, [FisherMerge(method="fisher", setting="checkpoints", finetune_epochs=1,
+                                            fisher_examples=64)], seed=1).final
+    # one task: the Trainer's test_acc of the run's model after the last epoch is the merge's accuracy
+    assert final["test_acc"] == pytest.approx(final["merged_acc"])
+    assert 0.0 <= final["ensemble_acc"] <= 1.0

@@ -304,7 +304,8 @@ class FisherMerge(Technique):
     merged_acc_task<k>, finetuned_acc (mean of each copy on its own task), finetuned_acc_task<k>,
     average_acc (plain averaging, logged in every arm: the precondition that averaging loses
     accuracy), ensemble_acc (output ensemble, checkpoints setting), pretrained_head_acc, spread
-    (||theta_1 - theta_2|| / mean ||theta_k - theta_0|| over the merged entries), scale (task arithmetic).
+    (||theta_1 - theta_2|| / mean ||theta_k - theta_0|| over the body: how far apart the first two copies
+    are against how far they moved), scale (task arithmetic's chosen scale).
     """
 
     name = "fisher-merge"
@@ -352,6 +353,15 @@ class FisherMerge(Technique):
         self.fisher_kind, self.fisher_examples, self.val_fraction = fisher_kind, fisher_examples, val_fraction
         self.scale, self.eps = scale, eps
 
+    @classmethod
+    def check_applicable(cls, task: Any, data: Any, model: nn.Module | None) -> str | None:
+        reason = super().check_applicable(task, data, model)
+        if reason is None and model is not None:
+            if not any(isinstance(m, nn.Linear) and m.out_features == data.num_classes for m in model.modules()):
+                return (f"needs a model whose classifier is an nn.Linear with {data.num_classes} outputs (the task "
+                        f"heads); the model of '{task.name}' ({type(model).__name__}) has none")
+        return reason
+
     # ---- the pieces ------------------------------------------------------------------------
     def _tasks(self, num_classes: int) -> list[Tensor]:
         if self.setting == "checkpoints":
@@ -363,7 +373,7 @@ class FisherMerge(Technique):
     @staticmethod
     def _subset(x: Tensor, y: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
         keep = torch.isin(y, classes)
-        relabel = torch.full((int(y.max()) + 1,), -1, dtype=torch.long)
+        relabel = torch.full((max(int(y.max()), int(classes.max())) + 1,), -1, dtype=torch.long)
         relabel[classes] = torch.arange(len(classes))
         return x[keep], relabel[y[keep]]
 
@@ -443,15 +453,10 @@ class FisherMerge(Technique):
         elif self.method == "fisher":
             merged = assemble(merge(sds, "fisher", fishers=fishers, keys=keys, eps=self.eps))
         else:
-            # task vectors are taken from the model the copies started from (with its fresh head)
-            base = fresh.state_dict() if self.setting == "tasks" else None
-            if self.setting == "checkpoints":
-                # copies start from different heads: the head has no common origin, so it is averaged
-                body = [n for n in keys if n not in head_names]
-                base = pretrained.state_dict()
-                keys_ta = body
-            else:
-                keys_ta = keys
+            # task vectors from the model the copies started from; in the checkpoints setting the copies'
+            # heads have no common origin, so the head is averaged and only the body gets task vectors
+            base = fresh.state_dict() if self.setting == "tasks" else pretrained.state_dict()
+            keys_ta = [n for n in keys if n not in head_names]
             grid = [round(0.05 * i, 2) for i in range(1, 21)] if self.scale == "val" else [float(self.scale)]
             best, merged = -1.0, None
             for s in grid:
@@ -495,16 +500,18 @@ _PAPER_QUOTE = ("We first show that our \"Fisher merging\" technique provides a 
                 "simple parameter averaging is currently used - specifically, robust fine-tuning and model ensembling.")
 _SETTING = PaperSetting(text="BERT-base / RoBERTa-base fine-tuned on GLUE tasks (RTE, MRPC, SST-2, MNLI, ...), "
                              "Fisher over up to thousands of training examples; ensembling: five fine-tuned "
-                             "checkpoints per task; intermediate tasks: target + donor model, lambda tuned on validation")
+                             "checkpoints per task; intermediate tasks: target + donor model, lambda tuned "
+                             "on validation")
 _SCALE = "BERT-base (110M parameters) on GLUE"
 #: the run's own training is the pretraining: 2 epochs of digits-mlp (SGD), far from converged
 _PRETRAIN = {"epochs": 2}
-_NOTES = ("Our scale: digits, a 2x128 MLP 'pretrained' for 2 epochs (the run's own training, ~90% test accuracy), "
+_NOTES = ("Our scale: digits, a 2x128 MLP 'pretrained' for 2 epochs (the run's own training; 0.87-0.89 test accuracy), "
           "copies fine-tuned with Adam (lr 1e-3, 10 epochs, 85% of the training set; 15% held out for task "
           "arithmetic's scale), exact diagonal Fisher over 512 training examples per copy, equal merging weights. "
           "Metric: merged_acc, the merged model's mean per-task test accuracy, each task with its own head. "
           "Preconditions: the copies learn their tasks, and plain averaging loses at least 2 points against them "
-          "(the regime where how one averages can matter). The paper's pretraining is a different objective on "
+          "(the regime where how one averages can matter). All copies start from the same pretrained "
+          "weights (by construction). The paper's pretraining is a different objective on "
           "far more data; here it is a short run on the same digits.")
 _REGIME = (
     Precondition("finetuned_acc", ">=", 0.9, arm="baseline", over="mean",
@@ -530,7 +537,11 @@ CLAIMS = [
         paper_scale=_SCALE, paper_setting=_SETTING, preconditions=_REGIME,
         notes=_NOTES + " Setting 'tasks': two models fine-tuned from the pretrained one on digits 0-4 and 5-9 "
                        "(label-disjoint tasks, each with its own head); the bodies are merged, each task keeps its "
-                       "head (the paper's multi-task merging of different-task models).",
+                       "head (the paper's multi-task merging of different-task models). Measured (5 seeds, mean "
+                       "[range]): copies 0.981 [0.975, 0.989] on their tasks, plain averaging 0.946 [0.933, 0.958] "
+                       "(a drop of 3.4 pt [1.9, 5.3]), Fisher merging 0.964 [0.953, 0.972]; the merged model's "
+                       "10-way test_acc with both heads side by side (not the metric: the heads were never "
+                       "calibrated against each other) 0.80 in both arms. About 3 s per run.",
     ),
     Claim(
         id="fisher-merge-checkpoints", technique="fisher-merge", task="digits-mlp", metric="merged_acc",
@@ -542,7 +553,13 @@ CLAIMS = [
         paper_scale=_SCALE, paper_setting=_SETTING, preconditions=_REGIME,
         notes=_NOTES + " Setting 'checkpoints' (the paper's ensembling): five copies fine-tuned on the whole "
                        "10-class task, each with its own freshly drawn head and data order (as fine-tuning runs "
-                       "with different seeds), every parameter merged; ensemble_acc is the output ensemble.",
+                       "with different seeds), every parameter merged; ensemble_acc is the output ensemble. The "
+                       "official merge script keeps the first model's head; the heads are merged here because all "
+                       "copies solve one task. Measured (5 seeds): copies 0.966 [0.964, 0.968], output ensemble "
+                       "0.968, plain averaging 0.929 [0.906, 0.947] (a drop of 3.7 pt [1.7, 6.3]), Fisher merging "
+                       "0.924 [0.883, 0.942]: Fisher merging did not close the gap to the ensemble here, and the "
+                       "seed-to-seed spread of the difference (-5 to +3.6 pt) leaves the verdict undecided. "
+                       "About 5 s per run.",
     ),
     Claim(
         id="task-arithmetic-tasks", technique="fisher-merge", task="digits-mlp", metric="merged_acc",
@@ -557,6 +574,8 @@ CLAIMS = [
                                         "from {0, 0.05, ..., 1} on validation data"),
         notes=_NOTES + " Task arithmetic theta_0 + s * sum_k (theta_k - theta_0) with s from Ilharco et al.'s grid "
                        "on a held-out slice of the training set; for two tasks s = 0.5 equals plain averaging, so "
-                       "the claim is what choosing s buys. Same baseline runs as fisher-merge-tasks.",
+                       "the claim is what choosing s buys. Same baseline runs as fisher-merge-tasks. Measured "
+                       "(5 seeds): task arithmetic 0.952 [0.942, 0.964] with s in [0.5, 0.85] (0.5 in two seeds, "
+                       "where it equals averaging), plain averaging 0.946.",
     ),
 ]
