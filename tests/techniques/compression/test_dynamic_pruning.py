@@ -157,6 +157,17 @@ def test_skip_forward_matches_masking_at_batch_one() -> None:
     assert torch.allclose(masked, skipped, atol=1e-5)
     assert torch.equal(flops_masked, flops_skipped)
     assert 0 < dp.active_fraction() < 1
+    # no active channel in a block, and so no active input in the next one
+    for keep0, keep1 in (([], [0, 5]), ([1], [])):
+        _force(dp.blocks[0], keep0)
+        _force(dp.blocks[1], keep1)
+        with torch.no_grad():
+            for b in dp.blocks:
+                b.skip = False
+            masked = model(x)
+            for b in dp.blocks:
+                b.skip = True
+            assert torch.allclose(masked, model(x), atol=1e-6)
 
 
 # ----------------------------------------------------------------------- predictor training

@@ -152,12 +152,14 @@ class GatedBlock(nn.Module):
         self.threshold = float(threshold)
         self.mode = "dense"
         self.skip = False
+        self.eval_targets = True   # also compute the targets in eval mode (to measure mask accuracy)
         self._prev: GatedBlock | None = None
         self.last_logits: torch.Tensor | None = None
         self.last_target: torch.Tensor | None = None
         self.last_mask: torch.Tensor | None = None
         self.last_positions = 1  # output positions S of the last forward
         self.last_batch = 1
+        self.out_spatial: tuple[int, ...] = ()
 
     @property
     def prev(self) -> "GatedBlock | None":
@@ -187,8 +189,10 @@ class GatedBlock(nn.Module):
         if self.skip and not self.training and x.shape[0] == 1 and self.mode == "predicted":
             return self._skip_forward(x)
         out = self.post(self.layer(x))
+        self.out_spatial = tuple(out.shape[2:])
         self.last_positions = math.prod(out.shape[2:]) if out.dim() > 2 else 1
-        self.last_target = mass_targets(out, self.threshold) if self.predictor is not None else None
+        need = self.predictor is not None and (self.training or self.mode == "target" or self.eval_targets)
+        self.last_target = mass_targets(out, self.threshold) if need else None
         mask = self._mask(out)
         self.last_mask = mask
         if mask is None:
@@ -200,10 +204,18 @@ class GatedBlock(nn.Module):
         keep = (self.last_logits[0] > 0).nonzero().squeeze(1)
         prev = self.prev.last_mask if self.prev is not None else None
         cin = prev[0].nonzero().squeeze(1) if prev is not None else None
-        xin = x if cin is None else x.index_select(1, cin)
+        mask = x.new_zeros(1, self.out_channels)
+        mask[0, keep] = 1.0
+        self.last_mask, self.last_target = mask, None
+        if len(keep) == 0:   # nothing to compute
+            return x.new_zeros(1, self.out_channels, *self.out_spatial)
         w = self.layer.weight.index_select(0, keep)
-        if cin is not None:
-            w = w.index_select(1, cin)
+        if cin is not None and len(cin) == 0:   # every input channel is zero: one zero channel stands in
+            xin, w = x[:, :1] * 0, w[:, :1] * 0
+        elif cin is not None:
+            xin, w = x.index_select(1, cin), w.index_select(1, cin)
+        else:
+            xin = x
         b = None if self.layer.bias is None else self.layer.bias.index_select(0, keep)
         if isinstance(self.layer, nn.Linear):
             y = F.linear(xin, w, b)
@@ -221,10 +233,6 @@ class GatedBlock(nn.Module):
                 raise ConfigError(f"ftwt: skip=True supports BatchNorm or no norm, not {type(m).__name__}")
         out = x.new_zeros(1, self.out_channels, *y.shape[2:])
         out.index_copy_(1, keep, y)
-        self.last_positions = math.prod(y.shape[2:]) if y.dim() > 2 else 1
-        mask = x.new_zeros(1, self.out_channels)
-        mask[0, keep] = 1.0
-        self.last_mask, self.last_target = mask, None
         return out
 
     def dense_flops(self) -> int:
@@ -670,14 +678,17 @@ _QUOTE = ("On CIFAR, we reach similar accuracy to SOTA methods with 15% and 24% 
 _SETTING = PaperSetting(train_size=50_000, epochs=200, params=14_700_000,
                         text="CIFAR-10/100 (VGG16-BN 14.7M, ResNet-56, MobileNet) and ImageNet (ResNet-18/34), "
                              "200 epochs of fine-tuning from a pretrained model, predictor lr 0.1")
-#: ftwt's setting in every claim, fixed before any claim ran: the oracle threshold for half the FLOPs;
-#: softmax off (the official --softmax 0) because with BatchNorm networks the softmax of the pooled channels
-#: is close to uniform and, in seed 0 of the default setting, every predictor gave one mask for all inputs
-_FTWT = arm(("ftwt", {"target_flops": 0.5, "softmax": False}),
-            label="ftwt (r set for 50% FLOPs by the oracle, softmax off)")
-#: static FLOPs ratios: the mean flops_ratio ftwt reached with _FTWT on calibration seeds 100 and 101 (not
-#: claim seeds), measured before any claim ran: digits-cnn 0.6455, 0.6551; mnist1d-cnn 0.8486, 0.8697
-_STATIC_RATIO = {"digits-cnn": 0.65, "mnist1d-cnn": 0.86}
+#: Matching rule, fixed before any claim ran. softmax off (the official --softmax 0): with BatchNorm networks the
+#: softmax of the pooled channels is close to uniform, and in seed 0 with softmax on every predictor gave one mask
+#: for all inputs. ftwt's oracle FLOPs target is the one of 0.5, 0.4, 0.3, 0.2, 0.1 whose achieved mean FLOPs on
+#: calibration seed 100 (not a claim seed) is closest to half the dense FLOPs (the paper's regime: >= 50%
+#: reduction); the static arm's FLOPs ratio is the mean achieved on seeds 100 and 101. Only FLOPs were read.
+#: Measured (target -> achieved on seed 100 [, 101]): digits-cnn 0.5 -> 0.921, 0.3 -> 0.496, 0.512;
+#: mnist1d-cnn 0.4 -> 0.787, 0.3 -> 0.725, 0.2 -> 0.591, 0.1 -> 0.451, 0.414.
+_TARGET = {"digits-cnn": 0.3, "mnist1d-cnn": 0.1}
+_STATIC_RATIO = {"digits-cnn": 0.50, "mnist1d-cnn": 0.43}
+_CALIBRATION = {"digits-cnn": "oracle target 0.5 -> 0.921 reached, 0.3 -> 0.496 and 0.512 (seeds 100, 101)",
+                "mnist1d-cnn": "oracle target 0.4 -> 0.787, 0.3 -> 0.725, 0.2 -> 0.591, 0.1 -> 0.451 and 0.414"}
 _TOLERANCE = 0.03
 
 
@@ -692,21 +703,27 @@ def _claims(task: str, dense_acc_note: str) -> list[Claim]:
     ratio = _STATIC_RATIO[task]
     static = arm(("uniform-channel-prune", {"flops_ratio": ratio}),
                  label=f"static L1 filter pruning, same keep fraction per layer, FLOPs {ratio}")
-    common = dict(technique="ftwt", task=task, metric="test_acc", direction="higher", treatment=_FTWT, seeds=5,
+    treatment = arm(("ftwt", {"target_flops": _TARGET[task], "softmax": False}),
+                    label=f"ftwt (r set by the oracle for {_TARGET[task]} of the FLOPs, softmax off)")
+    common = dict(technique="ftwt", task=task, metric="test_acc", direction="higher", treatment=treatment, seeds=5,
                   suites=("full",), paper_quote=_QUOTE, paper_setting=_SETTING,
                   paper_scale="CIFAR-10/100 and ImageNet, VGG/ResNet/MobileNet")
-    rule = (f"Matching rule, fixed before any claim ran: ftwt's threshold is the largest r whose targets, applied as "
-            f"masks on the dense network at the switch, cost 50% of the dense FLOPs; the static arm is set to the mean "
-            f"FLOPs ftwt then reached on two calibration seeds ({ratio}); the precondition checks the claim's seeds. "
-            f"Both arms train dense for the first half of the budget (standing in for the paper's pretrained model) "
-            f"and pruned for the second half. ")
+    rule = (f"Matching rule, fixed before any claim ran and reading FLOPs only: at the switch ftwt's mass threshold "
+            f"r is the largest whose targets, applied as masks on the dense network (an oracle predictor), cost "
+            f"{_TARGET[task]} of the dense FLOPs; that oracle target was picked from 0.5/0.4/0.3/0.2/0.1 as the one whose "
+            f"REACHED FLOPs on calibration seed 100 lay closest to 0.5 ({_CALIBRATION[task]}), since the predictors "
+            f"keep more channels than their targets; the static arm is set to the mean reached on seeds 100 and 101 "
+            f"({ratio}); the precondition checks the claim's seeds. Both arms train dense for the first half of the "
+            f"budget (standing in for the paper's pretrained model) and pruned for the second half. While the "
+            f"implementation was debugged (before this rule), single ftwt runs on seeds 0 and 100 were seen with their "
+            f"test accuracy; no static-arm accuracy at the matched FLOPs was seen. ")
     return [
         Claim(id=f"ftwt-vs-static-{task}", baseline=static, preconditions=_matched(task),
               paper_number="abstract: similar accuracy to SOTA (static and dynamic) pruning methods at 15% and 24% "
                            "higher FLOPs reduction on CIFAR (the per-table numbers were not read here)",
               notes=rule + "The paper's predictors are trained for 200 epochs; here for the second half of "
-                    f"{task}'s short budget with the task's optimizer, so their masks are less accurate and the FLOPs "
-                    "reached lie above the oracle's 50%. " + dense_acc_note,
+                    f"{task}'s short budget with the task's optimizer, so their masks are less accurate than the paper's and "
+                    "keep more channels than their targets. " + dense_acc_note,
               **common),
         Claim(id=f"ftwt-near-dense-{task}", margin=0.01, preconditions=_matched(task),
               paper_number="abstract: a small accuracy drop from the dense model at the FLOPs reductions of its "
