@@ -1,0 +1,1 @@
+"""Domain adaptation techniques: training on labelled source domains with unlabelled target inputs."""
