@@ -44,6 +44,7 @@ TECHNIQUE_MODULES: list[str] = [
     "trainlab.techniques.regularization.orthogonal_conv",
     "trainlab.techniques.pruning.hesso",
     "trainlab.techniques.pruning.magnitude",
+    "trainlab.techniques.domain.dann",
     "trainlab.techniques.merging.fisher_merging",
     # compression: N:M sparsity
     "trainlab.techniques.compression.nm_sparsity",
