@@ -21,7 +21,9 @@ from trainlab.claims.result import ClaimResult
 from trainlab.claims.runner import (RunSpec, collect, execute, measure_claim_overhead, metric_scale, plan,
                                     verdict_line)
 from trainlab.claims.store import Store
+from trainlab.claims.tuning import plan_tuning
 from trainlab.errors import ConfigError
+from trainlab.tasks.registry import get_task
 from trainlab.tasks.task import Task
 from trainlab.training.result import RunResult
 
@@ -122,10 +124,20 @@ def check_claims(claims: Sequence[Claim], task: Task | str | None = None, seeds:
         why = ("each one's reason is above" if progress
                else "; ".join(f"{s.claim_id}: {s.reason}" for s in skipped))
         raise ConfigError(f"none of the {len(skipped)} claims can run on task '{skipped[0].task}': {why}")
-    specs = {c.id: plan(c, seeds, task, device) for c in claims}
-    all_specs = [s for c in claims for s in specs[c.id]]
-    task_name = None if task is None else all_specs[0].task.name
+    # tuned arms (Arm.tune) first train their grid on a validation split; their real runs follow
+    # from the stored tuning runs, so they are planned once those are in
+    tune_specs = [s for c in claims for s in plan_tuning(c, seeds, task, device)]
+    untuned = [c for c in claims if not any(getattr(c, a).tune for a in c.arms)]
+    specs = {c.id: plan(c, seeds, task, device) for c in untuned}  # mistakes surface before any training
+    task_name = None if task is None else get_task(task).name
     with _open_store(store) as st, _RunProgress(progress, console, task_name) as prog:
+        if tune_specs:
+            prog.note(f"tuning: {len({s.key for s in tune_specs})} runs on held-out validation splits")
+            prog.start(tune_specs, st)
+            execute(tune_specs, st, executor=executor, workers=workers, address=address, on_result=prog.on_result,
+                    on_note=prog.note)
+        specs.update({c.id: plan(c, seeds, task, device, store=st) for c in claims if c.id not in specs})
+        all_specs = [s for c in claims for s in specs[c.id]]
         prog.start(all_specs, st)
         execute(all_specs, st, executor=executor, workers=workers, address=address, on_result=prog.on_result,
                 on_note=prog.note)

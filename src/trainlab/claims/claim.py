@@ -108,11 +108,22 @@ class PaperSetting:
 
 @dataclass(frozen=True)
 class Arm:
-    """One side of a comparison: techniques (name, settings) and task overrides."""
+    """One side of a comparison: techniques (name, settings) and task overrides.
+
+    tune: a trainlab.claims.tuning.Tuning (or a bare grid such as {"lr": (1e-3, 1e-2)}): per seed,
+    the arm's settings are chosen from the grid on a held-out validation split of the training data
+    before its real run (each arm at its own best learning rate)."""
 
     techniques: tuple[TechniqueRef, ...] = ()
     overrides: Mapping[str, Any] = field(default_factory=dict)
     label: str = ""
+    tune: Any = None
+
+    def __post_init__(self) -> None:
+        if self.tune is not None:
+            from trainlab.claims.tuning import as_tuning
+
+            object.__setattr__(self, "tune", as_tuning(self.tune))
 
     def describe(self) -> str:
         if self.label:
@@ -122,17 +133,21 @@ class Arm:
         return " + ".join(parts) or "baseline"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "techniques": [[n, dict(s)] for n, s in self.techniques],
             "overrides": dict(self.overrides),
             "label": self.label,
         }
+        if self.tune is not None:  # only tuned arms carry it, so other claims' dicts are as before
+            out["tune"] = self.tune.to_dict()
+        return out
 
 
-def arm(*techniques: str | TechniqueRef, label: str = "", **overrides: Any) -> Arm:
-    """Shorthand: arm("adamp", ("mixup", {"alpha": 0.2}), batch_size=2)."""
+def arm(*techniques: str | TechniqueRef, label: str = "", tune: Any = None, **overrides: Any) -> Arm:
+    """Shorthand: arm("adamp", ("mixup", {"alpha": 0.2}), batch_size=2); tune=Tuning({"lr": (...)})
+    chooses settings per seed on a held-out validation split (trainlab.claims.tuning)."""
     refs = tuple((t, {}) if isinstance(t, str) else (t[0], dict(t[1])) for t in techniques)
-    return Arm(techniques=refs, overrides=overrides, label=label)
+    return Arm(techniques=refs, overrides=overrides, label=label, tune=tune)
 
 
 @dataclass(frozen=True)

@@ -299,6 +299,7 @@ def _claim_blocks(r: ClaimResult, i: int, curves: Path | None, probes: Sequence[
         rows = [[row[0], row[2], row[1], row[3]] for row in rows]
     out.append(("table", headers, rows or [["-", "-", "-", "-"]]))
 
+    out.extend(_tuning_blocks(r))
     if r.status_counts:
         keys = sorted({k for arm_counts in r.status_counts.values() for k in arm_counts})
         out.append(("h", 3, "Run status"))
@@ -328,6 +329,28 @@ def _claim_blocks(r: ClaimResult, i: int, curves: Path | None, probes: Sequence[
         out.append(("p", "No per-epoch curves were recorded for this claim."))
     for probe, path in probes:
         out.append(("img", path.name, f"{probe} metrics per epoch of {_claim_id(r, i)}"))
+    return out
+
+
+def _tuning_blocks(r: ClaimResult) -> list[Block]:
+    """Per tuned arm: the grid, and per seed the chosen values with every grid point's score."""
+    tuning = getattr(r, "tuning", None) or {}
+    if not tuning:
+        return []
+    from trainlab.claims.tuning import chosen_text
+
+    out: list[Block] = [("h", 3, "Hyper-parameters chosen per seed"), ("p", chosen_text(tuning) + ".")]
+    for arm_name, info in tuning.items():
+        spec = info.get("tuning") or {}
+        out.append(("p", f"{arm_name}: {spec.get('text', '')}; scores are the tuning runs' held-out values "
+                         "(none: the run diverged or failed); ties go to the first grid point."))
+        rows = []
+        for entry in info.get("per_seed", []):
+            scores = ", ".join(f"{'/'.join(map(str, sc['values'].values()))}: "
+                               + (_num(sc["score"], 4) if sc.get("score") is not None else sc.get("status", "none"))
+                               for sc in entry.get("scores", []))
+            rows.append([str(entry.get("seed")), ", ".join(f"{k}={v}" for k, v in entry.get("chosen", {}).items()), scores])
+        out.append(("table", ["seed", "chosen", "validation score per grid point"], rows or [["-", "-", "-"]]))
     return out
 
 

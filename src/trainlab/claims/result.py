@@ -60,6 +60,9 @@ class ClaimResult:
     #: per arm and probe: {"seconds_per_run", "train_seconds_per_run", "ratio", "measurements_per_run"}
     #: (the probes' measuring seconds against the run's training seconds); {} without probes
     probe_cost: dict[str, Any] = field(default_factory=dict)
+    #: per tuned arm (Arm.tune): {"tuning": Tuning.to_dict(), "per_seed": [{"seed", "chosen", "scores"}]};
+    #: {} when no arm is tuned (trainlab.claims.tuning)
+    tuning: dict[str, Any] = field(default_factory=dict)
 
     @property
     def one_arm(self) -> bool:

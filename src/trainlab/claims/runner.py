@@ -21,6 +21,8 @@ from trainlab.claims.regime import (describe_precondition, evaluate_precondition
                                    find_collapse, outcome)
 from trainlab.claims.result import ClaimResult
 from trainlab.claims.store import Store, run_key
+from trainlab.claims.tuning import chosen_text
+from trainlab.claims.tuning import summarize as summarize_tuning
 from trainlab.errors import ConfigError
 from trainlab.tasks.registry import get_task
 from trainlab.tasks.task import Task
@@ -37,6 +39,9 @@ class RunSpec:
     techniques: list[tuple[str, dict[str, Any]]]
     seed: int
     device: str = "cpu"
+    #: a tuned arm's real run: {"chosen": {...}, "scores": [...]} from its tuning runs (not part of
+    #: the key: the chosen values are already in the task and techniques)
+    tuned: dict[str, Any] | None = field(default=None, compare=False)
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,14 +68,22 @@ def arm_task(claim: Claim, arm: Arm, task: Task | str | None = None) -> Task:
     return base.with_overrides(claim.overrides).with_overrides(arm.overrides)
 
 
-def plan(claim: Claim, seeds: int | None = None, task: Task | str | None = None, device: str = "cpu",
-         first_seed: int = 0) -> list[RunSpec]:
-    validate(claim.metric)
-    if isinstance(claim.reference, str):
-        validate(claim.reference)
+def seed_count(claim: Claim, seeds: int | None) -> int:
+    """The number of seeds to run: `seeds`, or the claim's own when None."""
     n = claim.seeds if seeds is None else seeds  # seeds=0 is a mistake, not "the claim's default"
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ConfigError(f"a claim needs at least 2 seeds, got {n!r}")
+    return n
+
+
+def plan(claim: Claim, seeds: int | None = None, task: Task | str | None = None, device: str = "cpu",
+         first_seed: int = 0, store: Store | None = None) -> list[RunSpec]:
+    """The claim's real runs. A tuned arm's run (Arm.tune) is at the values its tuning runs chose,
+    read from `store` (run trainlab.claims.tuning.plan_tuning's specs first); ConfigError without."""
+    validate(claim.metric)
+    if isinstance(claim.reference, str):
+        validate(claim.reference)
+    n = seed_count(claim, seeds)
     arms = {name: getattr(claim, name) for name in claim.arms}
     tasks = {name: arm_task(claim, a, task) for name, a in arms.items()}
     techs = {name: [(t, dict(s)) for t, s in a.techniques] for name, a in arms.items()}
@@ -79,7 +92,14 @@ def plan(claim: Claim, seeds: int | None = None, task: Task | str | None = None,
     for refs in techs.values():  # unknown technique names fail now, not in every worker
         for name, _ in refs:
             get_technique(name)
-    return [RunSpec(claim.id, name, tasks[name], techs[name], seed, device)
+    tuned = [name for name, a in arms.items() if a.tune is not None]
+    if tuned and store is None:
+        raise ConfigError(f"claim '{claim.id}' tunes its {' and '.join(tuned)} arm(s) on a validation split: "
+                          "its runs are planned from the stored tuning runs; give plan() the store")
+    from trainlab.claims.tuning import tuned_spec
+
+    return [tuned_spec(claim.id, name, arms[name].tune, tasks[name], techs[name], seed, device, store)
+            if arms[name].tune is not None else RunSpec(claim.id, name, tasks[name], techs[name], seed, device)
             for seed in range(first_seed, first_seed + n) for name in claim.arms]
 
 
@@ -189,7 +209,10 @@ def collect(claim: Claim, specs: Sequence[RunSpec], store: Store, overhead: dict
     provenance: dict[str, Any] = {"data_fingerprints": set(), "code_versions": set()}
     errors: list[str] = []
     epochs = {s.arm: s.task.epochs for s in specs}
+    tuned: dict[str, list[dict[str, Any]]] = {}
     for s in specs:
+        if s.tuned is not None:
+            tuned.setdefault(s.arm, []).append({"seed": s.seed, **s.tuned})
         row = store.get_run(s.key)
         if row is None:
             counts[s.arm]["missing"] += 1
@@ -245,7 +268,7 @@ def collect(claim: Claim, specs: Sequence[RunSpec], store: Store, overhead: dict
                        provenance=provenance, outcome=outcome(analysis.verdict if analysis else None, checks, collapse),
                        preconditions=checks, collapse=collapse, analysis_without_collapsed=without,
                        fidelity=technique_fidelity(claim), task=task_name, setting=setting,
-                       probe_cost=probe_cost(claim, curves))
+                       probe_cost=probe_cost(claim, curves), tuning=summarize_tuning(claim.to_dict(), tuned))
 
 
 def reference_value(claim: Claim, run: dict[str, Any], planned_epochs: int) -> float:
@@ -360,6 +383,8 @@ def verdict_line(result: ClaimResult) -> str:
     diverged = {arm: n["diverged"] for arm, n in result.status_counts.items() if n.get("diverged")}
     if diverged:
         text += f"; diverged runs: {diverged}"
+    if getattr(result, "tuning", None):
+        text += f"; {chosen_text(result.tuning)}"
     for check in failed_preconditions(result.preconditions):
         text += f"\n  out of regime: {describe_precondition(check)}" + (f" [{check['why']}]" if check.get("why") else "")
     collapse = result.collapse or {}

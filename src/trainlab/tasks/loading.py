@@ -13,7 +13,8 @@ _MAX_CACHED = 4
 
 def _key(task: Task, seed: int) -> str:
     data = {k: v for k, v in task.budget().items()
-            if k in ("data_kwargs", "train_subset", "label_noise", "noise_kind", "imbalance", "shift")}
+            if k in ("data_kwargs", "train_subset", "label_noise", "noise_kind", "imbalance", "shift",
+                     "holdout_validation")}
     return json.dumps([task.name, repr(task.make_data), data, seed], sort_keys=True, default=repr)
 
 
@@ -35,6 +36,10 @@ def load_task_data(task: Task, seed: int = 0) -> DataBundle:
             bundle, train_subset=task.train_subset, label_noise=task.label_noise, noise_kind=task.noise_kind,
             imbalance=task.imbalance, shift=task.shift, seed=seed,
         )
+    if task.holdout_validation:  # last: the held-out slice comes from the training data as the run would see it
+        from trainlab.tasks.wrappers import holdout_split
+
+        bundle = holdout_split(bundle, task.holdout_validation, seed)
     if len(_CACHE) >= _MAX_CACHED:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = bundle

@@ -106,6 +106,9 @@ class Task:
         tensors; move batches to the model's device, see trainlab.training.metrics.batched_outputs).
         Keys are stored with a "test_" prefix ("ppl" -> "test_ppl"), so claims can name them.
         None: loss, accuracy, calibration error for classification; the mean of loss_fn otherwise.
+    holdout_validation: a fraction f in (0, 1) turns the run into a tuning run: it trains on the
+    training set minus its last f of a seed-fixed permutation and evaluates on that held-out slice
+    in the test split's place (trainlab.tasks.wrappers.holdout_split); the test set is not used.
     Data wrappers (train_subset, label_noise, noise_kind, imbalance, shift) are applied by
     trainlab.tasks.wrappers after make_data, so they work for any task (label noise and
     imbalance need class labels, shift needs images or signals).
@@ -136,6 +139,9 @@ class Task:
     noise_kind: str = "symmetric"   # symmetric (to another class) | symmetric-all (from all classes) | pairwise
     imbalance: float | None = None  # ratio of rarest to most frequent class, e.g. 0.1
     shift: str | None = None        # None | "rotate" | "invert": evaluate on a shifted test domain
+    # hyper-parameter tuning runs: train on all but a held-out fraction of the training set and
+    # evaluate ("test_*" metrics) on that fraction; 0.0 = the usual train/test data
+    holdout_validation: float = 0.0
     description: str = ""
     suite_seconds: float | None = None  # measured time of one run here, for planning
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
@@ -157,6 +163,8 @@ class Task:
 
     def budget(self) -> dict[str, Any]:
         skip = {"make_data", "make_model", "description", "suite_seconds", "loss_fn", "evaluate"}
+        if not self.holdout_validation:  # unset: left out, so run keys made before the field stay the same
+            skip.add("holdout_validation")
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in skip}
 
 

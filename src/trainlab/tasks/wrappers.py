@@ -41,7 +41,7 @@ from trainlab.tasks.task import DataBundle
 NOISE_KINDS = ("symmetric", "symmetric-all", "pairwise")
 SHIFT_KINDS = ("rotate", "invert")
 # Distinct random streams per wrapper, so e.g. the subset does not depend on whether noise follows.
-_STREAM = {"subset": 1, "imbalance": 2, "noise": 3}
+_STREAM = {"subset": 1, "imbalance": 2, "noise": 3, "holdout": 4}
 _NOISE_TAGS = {"symmetric": "sym", "symmetric-all": "symall", "pairwise": "pair"}
 
 
@@ -122,6 +122,33 @@ def _keep_train(bundle: DataBundle, idx: torch.Tensor, tag: str, record: dict[st
     clean = bundle.clean_train_y[idx] if bundle.clean_train_y is not None else None
     return _derived(bundle, tag, record, train_x=bundle.train_x[idx], train_y=bundle.train_y[idx],
                     clean_train_y=clean)
+
+
+def holdout_split(bundle: DataBundle, fraction: float, seed: int = 0) -> DataBundle:
+    """A validation split of the training data for hyper-parameter tuning: the training examples
+    are permuted by a generator fixed by `seed`; the last round(fraction * N) of the permutation
+    become the "test" split (inputs and the training labels, noisy ones included, as a tuner would
+    see them) and the rest, in their original order, the training split. The real test set is
+    dropped, so a tuning run cannot see it. info["holdout"] records the held-out indices."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction < 1.0:
+        raise ConfigError(f"holdout_validation must be a fraction in (0, 1), got {fraction!r}")
+    if "domains" in bundle.info:
+        raise ConfigError(f"data '{bundle.name}': multi-domain data carry their own validation split "
+                          "(info['val_x']); holdout_validation would misalign the per-row domain indices")
+    n = len(bundle.train_y)
+    n_val = int(round(fraction * n))
+    if n_val < 1 or n_val >= n:
+        raise ConfigError(f"holdout_validation={fraction:g} of {n} training examples leaves an empty split")
+    order = torch.from_numpy(_rng(seed, "holdout").permutation(n))
+    keep, held = order[:n - n_val].sort().values, order[n - n_val:].sort().values
+    clean = bundle.clean_train_y[keep] if bundle.clean_train_y is not None else None
+    derived = _derived(bundle, f"holdout{fraction:g}", {"holdout_validation": fraction, "seed": seed},
+                       train_x=bundle.train_x[keep], train_y=bundle.train_y[keep], clean_train_y=clean,
+                       test_x=bundle.train_x[held], test_y=bundle.train_y[held])
+    for key in ("source_test_x", "shift"):  # the shifted test domain is gone with the test set
+        derived.info.pop(key, None)
+    derived.info["holdout"] = {"train_index": keep, "val_index": held}
+    return derived
 
 
 # --------------------------------------------------------------------------- label noise
