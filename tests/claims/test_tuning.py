@@ -11,7 +11,7 @@ from trainlab.claims.api import check
 from trainlab.claims.claim import Claim, arm
 from trainlab.claims.runner import RunSpec, plan, verdict_line
 from trainlab.claims.store import Store
-from trainlab.claims.tuning import Tuning, apply_point, choose, chosen_text, plan_tuning, tuning_specs
+from trainlab.claims.tuning import Tuning, apply_point, choose, chosen_text, plan_tuning, tuned_claim, tuning_specs
 from trainlab.errors import ConfigError
 from trainlab.tasks.loading import load_task_data
 from trainlab.tasks.registry import get_task
@@ -226,3 +226,14 @@ def test_runspec_key_ignores_the_tuning_record():
     b = RunSpec("c", "baseline", task, [], 0, tuned={"chosen": {"lr": 0.05}, "scores": []})
     assert a.key == b.key and "tuned" not in b.config()
     assert dataclasses.replace(a, task=task.with_overrides({"lr": 0.01})).key != a.key
+
+
+def test_tuned_claim_tunes_every_arm_and_keeps_the_rest():
+    base = Claim(id="c", technique="placebo", treatment=arm("placebo", lr=0.1), **SMALL)
+    t = Tuning({"lr": (0.01, 0.1)})
+    tuned = tuned_claim(base, t, id="c-tuned", notes="each arm at its own lr")
+    assert tuned.id == "c-tuned" and tuned.notes == "each arm at its own lr"
+    assert tuned.treatment.tune == t and tuned.baseline.tune == t and base.treatment.tune is None
+    assert tuned.treatment.techniques == base.treatment.techniques and tuned.metric == base.metric
+    assert tuned.to_dict()["treatment"]["tune"]["grid"] == {"lr": [0.01, 0.1]}
+    assert tuned_claim(base, t, id="x", notes="", arms=("treatment",)).baseline.tune is None

@@ -210,6 +210,8 @@ class _RunProgress:
         scale, unit = metric_scale(key or "test_acc")
         detail = (f"{key} {result.final[key] * scale:.2f}{unit}" if scale != 1 else f"{key} {result.final[key]:.4g}") \
             if key else ""
+        if getattr(spec.task, "holdout_validation", 0.0):  # a tuning run's test split is its validation slice
+            detail = detail.replace("test_", "val_", 1)
         if result.status == "failed":
             detail = (result.error or "").splitlines()[0][:120] if result.error else ""
         self.console.print(f"[{count}/{total}] {spec.claim_id}{self.on_task} {spec.arm} seed {spec.seed}: {result.status} {detail} "

@@ -253,3 +253,13 @@ def _short(key: str) -> str:
 
 def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def tuned_claim(claim: "Claim", tuning: Tuning, id: str, notes: str, arms: Sequence[str] | None = None) -> "Claim":
+    """A copy of `claim` under a new id whose arms (default: every arm that runs) are tuned with
+    `tuning`, e.g. the same comparison with each arm at its own best learning rate."""
+    import dataclasses
+
+    names = claim.arms if arms is None else tuple(arms)
+    changes: dict[str, Any] = {n: dataclasses.replace(getattr(claim, n), tune=tuning) for n in names}
+    return dataclasses.replace(claim, id=id, notes=notes, **changes)
