@@ -82,6 +82,13 @@ def _transfer_tasks() -> list[Task]:
     return transfer_tasks()
 
 
+def _taxonomy_tasks() -> list[Task]:
+    # taxonomy-shift tasks (new target classes, few target labels): trajectory distillation's module
+    from trainlab.techniques.domain.trajectory_distillation import taxonomy_tasks
+
+    return taxonomy_tasks()
+
+
 def _domain_tasks() -> list[Task]:
     # multi-domain tasks (Rotated / Colored MNIST, MNIST <-> digits): trainlab.tasks.domains
     from trainlab.tasks.domains import domain_tasks
@@ -125,6 +132,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     *_maestro_tasks(),
     *_transfer_tasks(),
     *_domain_tasks(),
+    *_taxonomy_tasks(),
 ]}
 
 
