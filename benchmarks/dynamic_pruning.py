@@ -31,7 +31,9 @@ import torch
 from trainlab.tasks.loading import load_task_data
 from trainlab.tasks.models import SmallCNN
 from trainlab.tasks.registry import get_task
-from trainlab.techniques.compression.dynamic_pruning import _TARGET, FTWT, apply_ftwt, static_flops_ratio, uniform_keep_counts
+from trainlab.techniques.compression.dynamic_pruning import (
+    _TARGET, FTWT, apply_ftwt, static_flops_ratio, uniform_keep_counts,
+)
 from trainlab.training.trainer import run_training
 
 
