@@ -553,8 +553,9 @@ class FTWT(_Phased):
     fidelity = "variant"
     deviations = (
         "the pretrained dense model is stood in for by the first `start` fraction of the run (dense training, "
-        "predictors already learning their targets), then masks are applied for the rest of the same budget; the "
-        "paper fine-tunes a pretrained model for 200 epochs",
+        "predictors already learning their targets, no mask applied), then masks are applied for the rest of the "
+        "same budget; the paper fine-tunes a pretrained model for 200 epochs with masks from randomly initialized "
+        "predictors",
         "the predictors train with the task's optimizer, learning rate and weight decay; the official code gives "
         "them their own SGD (lr 0.1, momentum 0.9, no weight decay)",
         "with target_flops set, the mass threshold is chosen at the switch by bisection so that the dense model's "
