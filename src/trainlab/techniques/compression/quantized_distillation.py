@@ -588,8 +588,6 @@ class DifferentiableQuantizationTechnique(_Distilling):
         "of the task's epochs, the points for the rest; the paper trains the distilled model to the end first",
         "the points' learning rate is constant (points_lr, SGD with Nesterov momentum 0.9); the code halves it "
         "when the validation error stops improving",
-        "the point gradient, quantile initialization, bit allocation and the frozen float student as the second "
-        "phase's teacher follow the official code (optimize_quantization_points)",
     )
     version = 1
     modifies = frozenset({"model", "loss_objective", "weights"})
@@ -618,6 +616,7 @@ class DifferentiableQuantizationTechnique(_Distilling):
         self.float_student: nn.Module | None = None
         self.points_opt: torch.optim.Optimizer | None = None
         self.teacher_acc = float("nan")
+        self.float_acc = float("nan")
         self.active = False
 
     def prepare(self, model: nn.Module, task: Any) -> nn.Module:
@@ -672,6 +671,11 @@ class DifferentiableQuantizationTechnique(_Distilling):
                                               nesterov=s["momentum"] > 0)
         set_enabled(model, True)
         self.active = True
+        from trainlab.training.metrics import evaluate_task
+
+        data = state.data  # the full-precision student's accuracy, before its quantization
+        self.float_acc = float(evaluate_task(self.float_student, data.test_x, data.test_y, state.task, state.device,
+                                             True)["acc"])
 
     def transform_batch(self, batch: Batch, state: TrainState) -> Batch:
         if not self.active and self.model is not None and state.epoch >= int(self._settings["start"] * state.epochs):
@@ -697,5 +701,102 @@ class DifferentiableQuantizationTechnique(_Distilling):
     def on_epoch_end(self, model: nn.Module, state: TrainState) -> None:
         state.epoch_metrics["teacher_test_acc"] = self.teacher_acc
         state.epoch_metrics["quant_active"] = float(self.active)
+        if self.active:
+            state.epoch_metrics["float_test_acc"] = self.float_acc
         if state.epoch == state.epochs - 1 and self.active:
             state.epoch_metrics["model_bytes"] = float(_payload_bytes(model))
+
+
+# --------------------------------------------------------------------------------- claims
+
+_QUOTE = ("The first method we propose is called quantized distillation and leverages distillation during the "
+          "training process, by incorporating distillation loss, expressed with respect to the teacher, into the "
+          "training of a student network whose weights are quantized to a limited set of levels ... We show that "
+          "quantized shallow students can reach similar accuracy levels to full-precision teacher models")
+_DQ_QUOTE = ("The second method, differentiable quantization, optimizes the location of quantization points through "
+             "stochastic gradient descent, to better fit the behavior of the teacher model")
+_SETTING = PaperSetting(train_size=50_000, epochs=200, params=1_000_000,
+                        text="CIFAR-10; teacher: a 5.3M-parameter convolutional network; students of about 1M "
+                             "parameters (shallower, fewer filters); weights (every parameter tensor) quantized to 2, "
+                             "4 or 8 bits with bucket size 256; SGD with Nesterov momentum, 200 epochs; also "
+                             "CIFAR-100 wide ResNets, ImageNet ResNets, WMT/OpenNMT translation")
+_TEACHER = {"teacher_model_kwargs": {"channels": [32, 64, 64]}, "teacher_epochs": 15}
+_STUDENT = {"model_kwargs": {"channels": (8, 16, 16)}}
+_WEAKER = Precondition(
+    metric="teacher_test_acc - test_acc", op=">=", threshold=0.03, arm="baseline",
+    why="the quantized student trained alone is clearly weaker than the full-precision teacher (>= 3 points), so "
+        "the teacher has something to transfer (the paper's students are smaller than their teachers)")
+_SCAN = ("Single-seed scan of the setting (seed 0, before the claims were run): teacher (channels 32-64-64, the "
+         "task's model, 19.5k parameters) 0.968; float student (8-16-16, 1.4k parameters) 0.890; the same student "
+         "quantized without a teacher: 4 bits 0.870, 2 bits 0.716.")
+
+
+def _qd_claim(bits: int) -> Claim:
+    base = {"bits": bits, "bucket_size": 256}
+    return Claim(
+        id=f"quantized-distillation-{bits}bit-beats-quantized-alone-mnist1d", technique="quantized-distillation",
+        task="mnist1d-cnn", metric="test_acc", direction="higher", seeds=5, overrides=_STUDENT,
+        treatment=arm(("quantized-distillation", {**base, **_TEACHER}),
+                      label=f"{bits}-bit student (8-16-16) distilled from a float 32-64-64 teacher"),
+        baseline=arm(("quantized-distillation", {**base, **_TEACHER, "distill": False, "log_teacher": True}),
+                     label=f"the same {bits}-bit student trained on the labels alone"),
+        preconditions=(_WEAKER,), paper_quote=_QUOTE,
+        paper_number="CIFAR-10 (Table 1): 2- and 4-bit students distilled from the 5.3M-parameter teacher; the "
+                     "official code's experiment 'distilled + quantized better than quantized' trains the same "
+                     "quantized student with and without the teacher",
+        paper_scale="CIFAR-10/100, ImageNet, WMT13 translation", paper_setting=_SETTING,
+        notes=f"Both arms quantize every parameter tensor of the same 8-16-16 MNIST-1D CNN to {bits} bits (bucket 256, "
+              "linear scaling, straight-through to the float weights) for the whole run, with the task's Adam and "
+              "cosine schedule for 15 epochs; only the loss differs (0.7 T^2 KL + 0.3 CE with T = 2 against the "
+              "teacher, versus CE). The teacher is the task's own 32-64-64 CNN trained in full precision with the "
+              "task's recipe on the same seed inside the run (the baseline trains it too, only to log its accuracy "
+              f"for the precondition). {_SCAN} Setting chosen by the paper's regime (a student much smaller than the "
+              "teacher, quantized enough to lose accuracy); nothing was tuned on the claim's outcome. "
+              + _MEASURED[bits])
+
+
+_MEASURED = {
+    4: "Measured (seeds 0-4, test_acc): alone 0.870, 0.869, 0.870, 0.856, 0.885; distilled 0.861, 0.867, 0.872, "
+       "0.852, 0.875; teacher 0.968, 0.962, 0.967, 0.971, 0.969. At 4 bits the teacher's soft targets did not lift "
+       "this student (mean -0.5 points).",
+    2: "Measured (seeds 0-4, test_acc): alone 0.716, 0.723, 0.758, 0.652, 0.722; distilled 0.647, 0.788, 0.788, "
+       "0.703, 0.740 (mean +1.9 points, 4 of 5 seeds higher, seed-to-seed spread of about 5 points at 2 bits).",
+}
+
+
+CLAIMS = [
+    _qd_claim(4),
+    _qd_claim(2),
+    Claim(
+        id="differentiable-quantization-beats-uniform-2bit-mnist1d", technique="differentiable-quantization",
+        task="mnist1d-cnn", metric="test_acc", direction="higher", seeds=5, overrides={**_STUDENT, "epochs": 30},
+        treatment=arm(("differentiable-quantization", {"bits": 2, "points_lr": 1e-3, **_TEACHER}),
+                      label="learned points (bit allocation, quantile init), 2 bits on average"),
+        baseline=arm(("differentiable-quantization", {"bits": 2, "learned": False, **_TEACHER}),
+                     label="fixed uniform points (4 levels per bucket), the same distilled float student"),
+        preconditions=(Precondition(
+            metric="float_test_acc - test_acc", op=">=", threshold=0.02, arm="baseline",
+            why="uniform 2-bit quantization of the trained float student loses accuracy (>= 2 points), the loss "
+                "learned points are meant to reduce"),),
+        paper_quote=_DQ_QUOTE,
+        paper_number="CIFAR-10 (Table 1): differentiable quantization of the distilled students at 2 and 4 bits, "
+                     "against post-training (uniform) quantization of the same model",
+        paper_scale="CIFAR-10/100, ImageNet, WMT13 translation", paper_setting=_SETTING,
+        notes="One run per arm of 30 epochs: the first 15 train the full-precision 8-16-16 student on the "
+              "distillation loss of the 32-64-64 teacher (identical in both arms); then every parameter tensor is "
+              "quantized (bucket 256) and the weights are frozen. Treatment: per-tensor points with bit allocation "
+              "(4 points per tensor on average, from gradient norms) and quantile initialization, trained by SGD "
+              "(Nesterov momentum 0.9, lr 1e-3) on the distillation loss against the frozen float student, as in "
+              "the official code. Baseline: the 4 uniform levels of the same bucket scaling, nothing trained "
+              "(post-training uniform quantization; BatchNorm statistics are re-estimated in both arms). "
+              "float_test_acc is the float student's accuracy before quantization. The points' learning rate was "
+              "set from a single-seed look at the points only (seed 0): at 1e-2 points of several tensors merged "
+              "or left [0, 1], at 1e-3 they stayed ordered and inside; no accuracy was looked at. "
+              "The points are counted as in the paper and the code (2^bits per tensor on average); with bit "
+              "allocation some tensors get 5-10 points, stored as 3-4-bit indices, so the learned arm's payload is "
+              "1,134-1,181 bytes against the uniform arm's 989 (+15-19%). Measured (seeds 0-4, test_acc): float "
+              "student 0.921, 0.922, 0.932, 0.918, 0.922; uniform points 0.290, 0.475, 0.125, 0.394, 0.216; learned "
+              "points 0.690, 0.718, 0.844, 0.738, 0.612. Uniform 2-bit quantization after training nearly destroys "
+              "this 1.4k-parameter student; learned points recover much of it.",
+    ),
+]
