@@ -491,6 +491,7 @@ CLAIMS = [
         notes="Non-inferiority within 1 point of test accuracy. 2-layer transformer (dim 64, about 100k parameters) on "
               "majority-token classification of 32 tokens over 16 symbols (the setting of the nm-decay claims, whose "
               "dense reference this claim's baseline is), 15 epochs of AdamW; every q/k/v/out and MLP Linear 2:4 "
-              "sparse, the token/position embeddings and the classifier dense.",
+              "sparse, the token/position embeddings and the classifier dense. Measured (5 seeds): dense test accuracy "
+              "99.8-100% (mean 99.90%), SR-STE 2:4 99.7-100% (mean 99.86%).",
     ),
 ]
