@@ -27,8 +27,8 @@ from torch import nn
 from trainlab.tasks.models import build_model
 from trainlab.techniques.compression.artifact import dense_bytes
 from trainlab.techniques.compression.quantized_distillation import (
-    PointQuantizer, UniformQuantizer, export_quantized_student, load_quantized_student, quantile_points, quantize_parameters,
-    quantized_parameters, save_quantized_student)
+    PointQuantizer, UniformQuantizer, export_quantized_student, load_quantized_student, quantile_points,
+    quantize_parameters, quantized_parameters, save_quantized_student)
 
 
 def _models() -> dict[str, tuple[callable, torch.Tensor]]:

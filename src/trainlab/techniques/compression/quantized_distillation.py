@@ -501,7 +501,8 @@ class _Distilling(Technique):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
 
-    def _distill(self, outputs: torch.Tensor, teacher: nn.Module, batch: Batch, base_loss: torch.Tensor) -> torch.Tensor:
+    def _distill(self, outputs: torch.Tensor, teacher: nn.Module, batch: Batch,
+                 base_loss: torch.Tensor) -> torch.Tensor:
         s = self._settings
         with torch.no_grad():
             t_out = teacher(batch.inputs)
