@@ -624,7 +624,12 @@ CLAIMS: list[Claim] = [
                     "The results demonstrate its effectiveness and improvements over previous methods.",
         paper_number="higher target-domain recognition than fine-tuning on the few target labels (nuclei F1)",
         paper_scale="PanNuke -> Lizard, HoVer-Net", seeds=5, suites=("full",), preconditions=_REGIME,
-        paper_setting=_SETTING, notes=_NOTES + " Metric: target test accuracy over all ten classes."),
+        paper_setting=_SETTING, notes=_NOTES + " Metric: target test accuracy over all ten classes. Measured "
+                                               "(version 2): +1.4 pt [95% CI -0.7, +3.5], inconclusive; the baseline "
+                                               "reaches 0.82 on the target vs 0.97 on the source's test split. The "
+                                               "distillation terms stay near 1e-8 (x 1000 weight: about 1e-5 against "
+                                               "a training loss of 0.01-0.06), so this difference is the extra CE "
+                                               "terms' (see the control claim)."),
     Claim(
         id="trajectory-distillation-new-classes",
         technique="trajectory-distillation", task="digits-taxonomy", metric="domain_target_new_acc",
@@ -633,7 +638,9 @@ CLAIMS: list[Claim] = [
         paper_number="higher F1 on the target's new classes than fine-tuning on the few target labels",
         paper_scale="PanNuke -> Lizard, HoVer-Net", seeds=5, suites=("full",), preconditions=_REGIME,
         paper_setting=_SETTING, notes=_NOTES + " Metric: target test accuracy on the five classes the source lacks "
-                                               "(the same runs as trajectory-distillation-digits-taxonomy)."),
+                                               "(the same runs as trajectory-distillation-digits-taxonomy). Measured "
+                                               "(version 2): +3.8 pt [95% CI -0.4, +8.0], inconclusive (baseline 0.76 "
+                                               "on new classes, 0.89 on shared ones)."),
     Claim(
         id="trajectory-distillation-vs-pseudo-label-control",
         technique="trajectory-distillation", task="digits-taxonomy", metric="test_acc", direction="higher",
@@ -645,5 +652,10 @@ CLAIMS: list[Claim] = [
         paper_setting=_SETTING,
         notes=_NOTES + " Control: the same technique with the cross-domain, cross-class and historical terms off, "
                        "keeping its extra few-shot CE (0.1) and confident-pseudo-label target CE (0.1), so the "
-                       "difference is the trajectory distillation itself."),
+                       "difference is the trajectory distillation itself. Measured (version 2): +0.0 pt [95% CI -0.4, "
+                       "+0.4]: at the official weights and per-sample convention the gradient-statistics terms are "
+                       "about 1e-8 (cross-domain) and 1e-7 (cross-class) before the x 1000 weight, and the 1.1x "
+                       "amplification of the historical subspace under Adam changes little; with each example's own "
+                       "gradient (version 1, N and N^2 times larger statistics) the same comparison measured -7.7 pt "
+                       "[-16.0, +0.7]."),
 ]
