@@ -232,7 +232,8 @@ class DANN(Technique):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"dann: {key} must be a finite number >= 0, got {v!r}")
         if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam)):
-            raise ConfigError(f"dann: lam (a fixed lambda, or None for the schedule) must be a finite number, got {lam!r}")
+            raise ConfigError(f"dann: lam (a fixed lambda, or None for the schedule) must be a finite number, "
+                              f"got {lam!r}")
         if not isinstance(width, int) or not isinstance(depth, int) or width < 1 or depth < 0:
             raise ConfigError(f"dann: width must be an integer >= 1 and depth >= 0, got {width!r}, {depth!r}")
         super().__init__(gamma=gamma, width=width, depth=depth, lam=lam, max_lambda=max_lambda, anneal_lr=anneal_lr,
@@ -393,6 +394,27 @@ _COMMON_NOTES = (
     "at the end of the run (the paper reports the target accuracy of the trained network; its hyperparameters were "
     "chosen by reverse validation, not by target labels); the training-domain-validation selected accuracy "
     "(selected_test_acc, DomainBed's protocol) is stored beside it. ")
+_PAPER_OPT = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0}
+_RECIPE_NOTES = (
+    "The paper's optimizer for both arms: SGD with momentum 0.9, mu_0 0.01 annealed as mu_0/(1+10p)^0.75 "
+    "(anneal_lr=True), batch 64 source + 64 target, lambda_p with gamma 10; the source-only arm is the same "
+    "technique with lambda fixed at 0, whose model equals plain source-only training with this schedule (its "
+    "domain classifier trains but no gradient reaches the model). Added after the claims with the task's Adam "
+    "recipe (dann-rotated-mnist, dann-mnist-to-digits) were measured, to test the paper's own optimization "
+    "regime; those claims stand as measured. Metric: final target test accuracy. ")
+_RECIPE_TASKS = (
+    ("rotated-mnist", "Rotated MNIST, sources 0-60 degrees (all 'source'), target 75 degrees. Measured before any "
+                      "DANN run of this recipe, source-only seed 0: sources 91.6%, 75 degrees 76.6%. Measured, seeds "
+                      "0-4: source-only sources 89.3-91.6% (below 90% in one seed: out of regime), 75 degrees "
+                      "74.6-77.8%, its (detached) domain classifier 82-83% accurate; DANN sources 88.1-91.2%, "
+                      "75 degrees 71.0-76.0%, domain classifier 59-75%: less separable features without a gain "
+                      "on the target."),
+    ("mnist-to-digits", "MNIST (3,000 labelled) -> scikit-learn digits (1,000 unlabelled), 16x16. Measured before "
+                        "any DANN run of this recipe, source-only seed 0: MNIST 91.1%, digits 46.7%. Measured, "
+                        "seeds 0-4: source-only MNIST 88.1-91.1% (the annealed SGD reaches 90% in one seed "
+                        "only at 6 epochs: out of regime), digits 33.3-47.2%, its domain classifier 97-100% "
+                        "accurate; DANN MNIST 84.0-89.4%, digits 26.5-43.2%, domain classifier 75-93%."),
+)
 CLAIMS = [
     Claim(
         id="dann-rotated-mnist", technique="dann", task="rotated-mnist", metric="test_acc", direction="higher",
@@ -407,7 +429,10 @@ CLAIMS = [
               "(1,000 inputs). Chosen before any DANN run by the paper's regime: source-only target accuracy well "
               "above chance with a gap to close (measured, ERM seed 0: source 94.6%, target 82.8%). A single "
               "source at 0 degrees leaves source-only at 14.8% on 75 degrees (seed 0), near chance: outside the "
-              "regime of the paper's benchmarks (source-only 52-87%)."),
+              "regime of the paper's benchmarks (source-only 52-87%). Measured, seeds 0-4: source-only sources "
+              "94.2-94.9%, 75 degrees 78.8-83.8%; DANN sources 89.6-93.3%, 75 degrees 76.8-80.2%, its domain "
+              "classifier's accuracy in the last epoch 61-76%: the features moved toward domain confusion and "
+              "the label predictor lost accuracy on every domain."),
     Claim(
         id="dann-mnist-to-digits", technique="dann", task="mnist-to-digits", metric="test_acc", direction="higher",
         treatment=arm(("dann", {}), label="DANN (MNIST + unlabelled digits inputs)"),
@@ -417,5 +442,21 @@ CLAIMS = [
         paper_setting=_SETTING, preconditions=_REGIME,
         notes=_COMMON_NOTES + "Single source, single target as in the paper: 3,000 labelled MNIST images -> "
               "scikit-learn digits (1,000 unlabelled training inputs), both 16x16: a resolution and style shift "
-              "(measured, ERM seed 0: MNIST 94.8%, digits 60.8%)."),
+              "(measured, ERM seed 0: MNIST 94.8%, digits 60.8%). Measured, seeds 0-4: source-only MNIST 93.4-95.5%, "
+              "digits 45.2-60.8%; DANN MNIST 76.0-87.2%, digits 11.7-38.2% (seed 0 collapsed to 11.7%). Once "
+              "lambda nears 1 (after about a third of the 276 steps) the domain loss oscillates (epoch means "
+              "0.3-3.1) and the label predictor loses source accuracy: with a constant Adam step at this budget "
+              "the adversarial game does not settle."),
+    # The paper's own optimizer for both arms (Section 5.2.2): SGD, momentum 0.9, mu_0 = 0.01 annealed as
+    # mu_0 / (1 + 10 p)^0.75. The source-only arm is DANN with lambda fixed at 0, whose model weights equal
+    # plain source-only training bit for bit (tests/techniques/test_dann.py), so both arms share the schedule.
+    *[Claim(
+        id=f"dann-paper-recipe-{task}", technique="dann", task=task, metric="test_acc", direction="higher",
+        treatment=arm(("dann", {"anneal_lr": True}), label="DANN, SGD + annealing"),
+        baseline=arm(("dann", {"lam": 0.0, "anneal_lr": True}), label="source-only (lambda 0), SGD + annealing"),
+        overrides=_PAPER_OPT, min_effect=0.01, seeds=5, suites=("full",),
+        paper_quote=_QUOTE, paper_number=_NUMBER, paper_scale="MNIST -> MNIST-M, SVHN, GTSRB, Office; 60,000+ "
+                                                              "labelled source images",
+        paper_setting=_SETTING, preconditions=_REGIME,
+        notes=_RECIPE_NOTES + note) for task, note in _RECIPE_TASKS],
 ]
