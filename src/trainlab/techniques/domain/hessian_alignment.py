@@ -387,7 +387,10 @@ CLAIMS = [
         notes=_OURS + "Target domain: agree10 (colour agrees with the label 10% of the time). Selection by "
                       "training-domain validation accuracy favours the colour-reliant model, which is why DomainBed "
                       "reports CMNIST accuracies near 50% for almost every method; the claim is that HGP's selected "
-                      "target accuracy is above ERM's.",
+                      "target accuracy is above ERM's. Measured (seeds 0-4, means): ERM agree90 / agree80 / agree10 "
+                      "accuracy 0.902 / 0.806 / 0.091, selected target 0.087; HGP (alpha 1e-4, beta 5e-3) 0.904 / "
+                      "0.806 / 0.089, selected 0.087: at the DomainBed defaults the penalty does not move the model "
+                      "in 248 steps (the penalty, 2.7e-4 to 5e-4 per epoch, is ~1e-3 of the training loss).",
     ),
     Claim(
         id="hessian-alignment-cmnist-irm-protocol", technique="hessian-alignment", task="colored-mnist",
@@ -403,7 +406,25 @@ CLAIMS = [
         notes=_OURS + f"The official Colored-MNIST script's penalty schedule scaled to this run's {_CMNIST_STEPS} "
                       f"steps: alpha = beta = 1, weight 1 for the first {round(_CMNIST_STEPS * 190 / 501)} steps "
                       "(190/501 of training), then 91,257 with the loss divided by it. The metric is the final "
-                      "target accuracy, as that script reports; the ERM arm is the same as hessian-alignment-cmnist's.",
+                      "target accuracy, as that script reports; the ERM arm is the same as hessian-alignment-cmnist's. "
+                      "Measured (seeds 0-4): final target accuracy ERM 0.084-0.098 (mean 0.091), HGP 0.102-0.285 "
+                      "(mean 0.207; agree90 / agree80 0.843 / 0.774 against ERM's 0.902 / 0.806): the penalty moves "
+                      "the model off the colour, though far from an invariant predictor (~0.75 on every domain).",
+    ),
+    Claim(
+        id="hessian-alignment-cmnist-irm-protocol-selected", technique="hessian-alignment", task="colored-mnist",
+        metric="selected_test_acc", direction="higher", treatment=arm(_IRM_HGP, label="ERM + HGP (CMNIST protocol)"),
+        baseline=arm(label="ERM"), seeds=5, suites=("full",), paper_quote=_QUOTE,
+        paper_number="as hessian-alignment-cmnist-irm-protocol, read with DomainBed's training-domain validation "
+                     "selection",
+        paper_scale="IRM's Colored MNIST (25,000 14x14 images per training domain, 3-layer MLP, full batch, 501 steps)",
+        paper_setting=PaperSetting(train_size=50_000, epochs=501, text="IRM's Colored MNIST, MLP 390 hidden units, "
+                                   "full-batch Adam lr 4.9e-4, L2 1.1e-3, penalty weight 91,257 after 190 steps"),
+        preconditions=_CMNIST_REGIME,
+        notes=_OURS + "The runs of hessian-alignment-cmnist-irm-protocol, with the target accuracy at the epoch of "
+                      "highest training-domain validation accuracy. That selection prefers the colour-reliant epochs "
+                      "before the penalty's weight rises. Measured (seeds 0-4): selected epoch 1 in four seeds, "
+                      "selected target accuracy HGP 0.084-0.101 (mean 0.087), ERM 0.084-0.092 (mean 0.087).",
     ),
     Claim(
         id="hessian-alignment-cmnist-hutchinson", technique="hessian-alignment", task="colored-mnist",
@@ -415,7 +436,9 @@ CLAIMS = [
         paper_scale="DomainBed ColoredMNIST, 5,000 steps, hyperparameter search", paper_setting=_SETTING,
         preconditions=_CMNIST_REGIME,
         notes=_OURS + "The Hutchinson variant with the official defaults (alpha 1e-3, beta 5e-3, 300 Rademacher "
-                      "probes per step); otherwise as hessian-alignment-cmnist, whose ERM runs it shares.",
+                      "probes per step); otherwise as hessian-alignment-cmnist, whose ERM runs it shares. Measured "
+                      "(seeds 0-4, means): agree90 / agree80 / agree10 accuracy 0.903 / 0.807 / 0.090, selected "
+                      "target 0.088 (ERM 0.087).",
     ),
     Claim(
         id="hessian-alignment-rmnist", technique="hessian-alignment", task="rotated-mnist",
@@ -427,6 +450,8 @@ CLAIMS = [
         preconditions=_RMNIST_REGIME,
         notes=_OURS + "Target domain: 75 degrees. Expected result: no separation from ERM (in DomainBed barely any "
                       "method separates from ERM on RotatedMNIST); inconclusive or contradicted is the expected "
-                      "verdict, not a failure of the implementation.",
+                      "verdict, not a failure of the implementation. Measured (seeds 0-4, means): in-domain accuracy "
+                      "0.945 (ERM) / 0.946 (HGP), selected target (75 degrees) 0.817 / 0.824, per seed ERM "
+                      "0.786-0.838, HGP 0.806-0.834.",
     ),
 ]
