@@ -11,7 +11,8 @@ from trainlab.claims.api import check
 from trainlab.claims.claim import Claim, arm
 from trainlab.claims.runner import RunSpec, plan, verdict_line
 from trainlab.claims.store import Store
-from trainlab.claims.tuning import Tuning, apply_point, choose, chosen_text, plan_tuning, tuned_claim, tuning_specs
+from trainlab.claims.tuning import (Tuning, apply_point, choose, chosen_text, grid_edges, plan_tuning, tuned_claim,
+                                    tuning_specs)
 from trainlab.errors import ConfigError
 from trainlab.tasks.loading import load_task_data
 from trainlab.tasks.registry import get_task
@@ -237,3 +238,16 @@ def test_tuned_claim_tunes_every_arm_and_keeps_the_rest():
     assert tuned.treatment.techniques == base.treatment.techniques and tuned.metric == base.metric
     assert tuned.to_dict()["treatment"]["tune"]["grid"] == {"lr": [0.01, 0.1]}
     assert tuned_claim(base, t, id="x", notes="", arms=("treatment",)).baseline.tune is None
+
+
+def test_choices_at_a_grid_end_are_flagged():
+    grid = {"lr": [1e-3, 1e-2, 1e-1], "batch_size": [32, 64]}
+    chosen = [{"lr": 1e-1, "batch_size": 32}, {"lr": 1e-1, "batch_size": 64}, {"lr": 1e-3, "batch_size": 64},
+              {"lr": 1e-2, "batch_size": 64}]
+    # two-value grids are never flagged: every choice is an end
+    assert grid_edges(grid, chosen) == {("lr", "upper"): 2, ("lr", "lower"): 1}
+    assert grid_edges({"act": ["relu", "gelu", "tanh"]}, [{"act": "tanh"}]) == {}
+    info = {"treatment": {"tuning": {"metric": "val_acc", "validation": 0.2, "grid": {"lr": [1, 2, 3]}},
+                          "per_seed": [{"seed": s, "chosen": {"lr": 3}} for s in range(5)]}}
+    assert chosen_text(info) == ("lr chosen per seed (final val_acc on a 20% held-out split): treatment 3 x5 "
+                                 "[lr at the grid's upper end in 5/5 seeds]")

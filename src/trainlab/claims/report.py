@@ -340,6 +340,9 @@ def _tuning_blocks(r: ClaimResult) -> list[Block]:
     from trainlab.claims.tuning import chosen_text
 
     out: list[Block] = [("h", 3, "Hyper-parameters chosen per seed"), ("p", chosen_text(tuning) + ".")]
+    if "grid's" in out[-1][1]:
+        out.append(("p", "A value chosen at an end of its grid may have its best outside the grid: the comparison "
+                         "holds for this grid."))
     for arm_name, info in tuning.items():
         spec = info.get("tuning") or {}
         out.append(("p", f"{arm_name}: {spec.get('text', '')}; scores are the tuning runs' held-out values "

@@ -232,14 +232,31 @@ def chosen_text(tuning: Mapping[str, Any]) -> str:
             counts[text] = counts.get(text, 0) + 1
         ordered = sorted(counts.items(), key=lambda kv: -kv[1])  # most often chosen first (stable)
         sep = "; " if any("," in t for t, _ in ordered) else ", "
-        parts.append(f"{arm_name} " + sep.join(f"{t} x{n}" for t, n in ordered))
         spec = info.get("tuning") or {}
+        edges = grid_edges(spec.get("grid") or {}, [e["chosen"] for e in per_seed])
+        parts.append(f"{arm_name} " + sep.join(f"{t} x{n}" for t, n in ordered)
+                     + "".join(f" [{_short(k)} at the grid's {end} end in {n}/{len(per_seed)} seeds]"
+                               for (k, end), n in edges.items()))
         hows.append(f"{_metric_text(spec.get('metric', 'val_acc'))} on a {spec.get('validation', 0):.0%} held-out split"
                     if spec else "")
     names = "/".join(_short(k) for k in keys) or "values"
     if len(set(hows)) == 1:  # one selection rule for every tuned arm: say it once
         return f"{names} chosen per seed" + (f" ({hows[0]})" if hows[0] else "") + ": " + "; ".join(parts)
     return f"{names} chosen per seed: " + "; ".join(p + (f" ({h})" if h else "") for p, h in zip(parts, hows))
+
+
+def grid_edges(grid: Mapping[str, Sequence[Any]], chosen: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], int]:
+    """(key, "upper"/"lower") -> how many choices sit at that end of a numeric grid of 3 or more
+    values (with two values every choice is an end, which says nothing)."""
+    out: dict[tuple[str, str], int] = {}
+    for key, values in grid.items():
+        if len(values) < 3 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        for end, value in (("upper", max(values)), ("lower", min(values))):
+            n = sum(1 for c in chosen if c.get(key) == value)
+            if n:
+                out[(key, end)] = n
+    return out
 
 
 def _metric_text(metric: str) -> str:

@@ -40,7 +40,8 @@ from torch import Tensor, nn
 from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
 from trainlab.errors import ConfigError
 from trainlab.techniques.compression.adapters import AdapterTechnique, DeltaWeight
-from trainlab.techniques.compression.lora import check_rank, lora_param_count
+from trainlab.claims.tuning import tuned_claim
+from trainlab.techniques.compression.lora import LR_TUNING, TUNING_NOTE, check_rank, lora_param_count
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Paper
 
@@ -157,7 +158,7 @@ def _counts(kernels: Sequence[Sequence[int]] = CNN_KERNELS, lora_rank: int = LOR
 _FLORA_RANK, _FLORA_COUNT, _LORA_COUNT = _counts()
 CLAIMS = [
     Claim(
-        id="flora-beats-lora-conv", technique="flora", task="digits-transfer-cnn", metric="test_acc",
+        id="flora-beats-lora-conv-shared-lr", technique="flora", task="digits-transfer-cnn", metric="test_acc",
         direction="higher",
         treatment=arm(("flora", {"rank": _FLORA_RANK, "targets": "conv"}),
                       label=f"FLoRA r={_FLORA_RANK} ({_FLORA_COUNT:,} trainable)"),
@@ -178,7 +179,8 @@ CLAIMS = [
             Precondition("best:test_acc", ">=", 0.1, arm="baseline", over="min", relative_to="chance",
                          why="LoRA on the conv kernels learns at all (10 points above chance at its best epoch)"),
         ),
-        notes=("Setting: an all-convolutional net (3x3 convs 1-16-32-32, the third with stride 2, ReLU, a 1x1 conv "
+        notes=("At one shared learning rate: both arms use the task's Adam lr 3e-3 (the paper tunes lr per method; flora-beats-lora-conv is the same comparison with each arm at its own lr chosen on a validation split). "
+               "Setting: an all-convolutional net (3x3 convs 1-16-32-32, the third with stride 2, ReLU, a 1x1 conv "
                "to the 5 classes, global average pooling; 14,213 weights, no BatchNorm so the frozen base has no "
                "running statistics to adapt) is pretrained on digits 0-4 inside each run, then adapted to digits "
                "5-9 relabelled 0-4 with Adam lr 3e-3, cosine, 20 epochs of batch 64, the same lr in both arms. "
@@ -193,3 +195,14 @@ CLAIMS = [
                "net is not an arm here (lora-vs-full-finetune checks it on the MLP)."),
     ),
 ]
+CLAIMS.append(tuned_claim(
+    CLAIMS[0], LR_TUNING, id="flora-beats-lora-conv",
+    notes=TUNING_NOTE + CLAIMS[0].notes.split(" Measured (seeds 0-4")[0].split("validation split). ", 1)[1].replace(
+        "with Adam lr 3e-3, cosine, 20 epochs of batch 64, the same lr in both arms", "with Adam, cosine, 20 epochs "
+        "of batch 64") + " Measured (seeds 0-4, test / train accuracy at the chosen lr): LoRA 0.922-0.961 / "
+                         "0.949-0.982 (lr 3e-2 in every seed), FLoRA 0.928-0.983 / 0.963-1.000 (3e-2 in 3 seeds, "
+                         "1e-2 in 2): at its own lr LoRA closes most of the 22-point gap measured at the shared "
+                         "3e-3 (flora-beats-lora-conv-shared-lr). Adding 1e-1 to every arm's grid (exploratory, not "
+                         "this claim's grid) changes no choice (1e-1 scores lower wherever 3e-2 won), so "
+                         "the upper-end choices are not cut off by the grid. Full fine-tuning of this net is not an arm here "
+                         "(lora-vs-full-finetune checks it on the MLP)."))

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
+from trainlab.claims.tuning import Tuning, tuned_claim
 from trainlab.errors import ConfigError
 from trainlab.techniques.compression.adapters import AdapterTechnique, DeltaWeight, matrix_shape
 from trainlab.techniques.registry import register
@@ -128,7 +129,7 @@ _NOTES = (
     "has not fitted the training set at this budget, full fine-tuning has.")
 CLAIMS = [
     Claim(
-        id="lora-vs-full-finetune", technique="lora", task="digits-transfer-mlp", metric="test_acc",
+        id="lora-vs-full-finetune-shared-lr", technique="lora", task="digits-transfer-mlp", metric="test_acc",
         direction="higher", treatment=arm(("lora", {"rank": 4}), label="LoRA r=4 (2,324 trainable)"),
         baseline=arm(label="full fine-tuning (25,477 trainable)"), margin=0.02, seeds=5,
         paper_quote="LoRA performs on-par or better than fine-tuning in model quality on RoBERTa, DeBERTa, GPT-2, "
@@ -143,6 +144,27 @@ CLAIMS = [
             Precondition("test_acc", ">=", 0.9, arm="baseline", over="min",
                          why="full fine-tuning learns the target task (>= 90% test accuracy in every seed)"),
         ),
-        notes=_NOTES,
+        notes="At one shared learning rate: both arms use the task's Adam lr 3e-3 (the paper tunes lr per method; lora-vs-full-finetune is the same comparison with each arm at its own lr chosen on a validation split). " + _NOTES,
     ),
 ]
+
+#: The adapter claims' learning-rate search (the papers tune lr per method): Adam lr on half-decades
+#: around the transfer tasks' 3e-3, chosen per arm and seed by the final epoch's accuracy on a held-out
+#: 20% of the target training images; fixed before any tuned run.
+LR_TUNING = Tuning({"lr": (1e-3, 3e-3, 1e-2, 3e-2)}, metric="val_acc", validation=0.2)
+TUNING_NOTE = ("Each arm's Adam learning rate is chosen per seed from {1e-3, 3e-3, 1e-2, 3e-2} (half-decades around "
+               "the task's 3e-3, fixed before any tuned run) by the final epoch's accuracy on a held-out 20% of the "
+               "target training images: the tuning runs train on the other 80% with the same recipe, the test set "
+               "is not seen; the arm then trains on all training images at its chosen lr. The paper tunes lr per "
+               "method and task (LoRA-SB's GLUE script searches 1e-4 to 5e-3 per method); the chosen lr per seed is in the "
+               "verdict line. ")
+CLAIMS.append(tuned_claim(
+    CLAIMS[0], LR_TUNING, id="lora-vs-full-finetune",
+    notes=TUNING_NOTE + _NOTES.replace("The learning rate is the task's, the same for both arms (the paper tunes "
+                                       "it per method). ", "").replace("with Adam lr 3e-3, cosine", "with Adam, cosine")
+    .split(" Measured (seeds 0-4)")[0]
+    + " Measured (seeds 0-4, test / train accuracy at the chosen lr): full fine-tuning 0.961-0.983 / 0.994-1.000 "
+      "(lr 3e-2 in 3 seeds, 1e-2 and 3e-3 in one each); LoRA 0.961-0.989 / 0.989-1.000 (lr 1e-2 in 4 seeds, 3e-2 "
+      "in one): at its own lr LoRA fits the training set too. Adding 1e-1 to every arm's grid (exploratory, not "
+      "this claim's grid) changes no choice (1e-1 scores "
+      "lower wherever 3e-2 won), so the upper-end choices are not cut off by the grid."))
