@@ -58,11 +58,11 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
 from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
 from trainlab.diagnostics.probe import Probe, probe_data
 from trainlab.errors import ConfigError
+from trainlab.training.per_example import per_example_grad_fn
 from trainlab.training.technique import Paper, TrainState
 from trainlab.techniques.registry import register
 
@@ -89,18 +89,6 @@ def _check_batch_norm(model: nn.Module) -> None:
                 f"example's gradient depends on the rest of its batch; measure in eval mode (model.eval())")
 
 
-def _example_loss_grad(model: nn.Module, names: list[str], frozen: dict[str, torch.Tensor],
-                       loss_fn: LossFn) -> Callable:
-    """grad of one example's loss with respect to the trainable tensors (a tuple, in `names` order)."""
-
-    def example_loss(trainable: tuple[torch.Tensor, ...], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        tensors = {**frozen, **dict(zip(names, trainable))}
-        out = functional_call(model, tensors, (x.unsqueeze(0),))
-        return loss_fn(out, y.unsqueeze(0))
-
-    return grad(example_loss)
-
-
 def _chunks(m: int, chunk_size: int):
     for start in range(0, m, chunk_size):
         yield slice(start, min(m, start + chunk_size))
@@ -116,10 +104,7 @@ def _setup(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn |
     _check_batch_norm(model)
     params = _trainable(model)
     names = list(params)
-    frozen = {n: t.detach() for n, t in model.named_parameters() if n not in params}
-    frozen.update({n: b for n, b in model.named_buffers()})
-    g = vmap(_example_loss_grad(model, names, frozen, loss_fn or F.cross_entropy), in_dims=(None, 0, 0),
-             randomness="different")
+    g = per_example_grad_fn(model, names, loss_fn or F.cross_entropy)
     return names, tuple(params[n] for n in names), g
 
 

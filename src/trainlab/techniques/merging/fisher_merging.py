@@ -41,11 +41,12 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
 
 from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
 from trainlab.errors import ConfigError
 from trainlab.techniques.registry import register
+from trainlab.training.per_example import per_example_grad_fn
 from trainlab.training.technique import Paper, Technique, TrainState
 
 FISHER_KINDS = ("sampled", "exact", "empirical")
@@ -56,16 +57,10 @@ StateDict = Mapping[str, Tensor]
 
 # --------------------------------------------------------------------------- the diagonal Fisher
 
-def _per_example_sq_grads(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor],
-                          x: Tensor, y: Tensor, nll: Callable[[Tensor, Tensor], Tensor],
+def _per_example_sq_grads(grads_of: Callable, params: dict[str, Tensor], x: Tensor, y: Tensor,
                           weight: Tensor | None = None) -> dict[str, Tensor]:
-    """sum over the chunk of (weight_n *) (d nll(f(x_n), y_n) / d theta)^2, via vmap over examples."""
-
-    def one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-        return nll(out, yi.unsqueeze(0))
-
-    g = vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
+    """sum over the chunk of (weight_n *) (d nll(f(x_n), y_n) / d theta)^2 (grads_of: per_example_grad_fn)."""
+    g = dict(zip(params, grads_of(tuple(params.values()), x, y)))
     if weight is None:
         return {k: v.square().sum(0) for k, v in g.items()}
     return {k: torch.einsum("n,n...->...", weight, v.square()) for k, v in g.items()}
@@ -108,9 +103,10 @@ def diagonal_fisher(model: nn.Module, x: Tensor, y: Tensor | None = None, kind: 
     if unknown:
         raise ConfigError(f"diagonal_fisher: unknown parameter names {unknown[:3]}")
     params = {n: all_params[n].detach() for n in wanted}
-    # parameters left out are held fixed (passed with the buffers)
+    # parameters left out are held fixed (with the buffers)
     fixed = {n: p.detach() for n, p in all_params.items() if n not in params}
     buffers = {**{n: b.detach() for n, b in model.named_buffers()}, **fixed}
+    grads_of = per_example_grad_fn(model, list(params), nll, randomness="error")
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     was_training = model.training
     model.eval()
@@ -118,18 +114,18 @@ def diagonal_fisher(model: nn.Module, x: Tensor, y: Tensor | None = None, kind: 
         for start in range(0, len(x), batch_size):
             xb = x[start:start + batch_size]
             if kind == "empirical":
-                parts = [_per_example_sq_grads(model, params, buffers, xb, y[start:start + batch_size], nll)]
+                parts = [_per_example_sq_grads(grads_of, params, xb, y[start:start + batch_size])]
             else:
                 with torch.no_grad():
                     probs = torch.softmax(functional_call(model, (params, buffers), (xb,)), dim=-1)
                 if kind == "exact":
-                    parts = [_per_example_sq_grads(model, params, buffers, xb, torch.full((len(xb),), c), nll,
+                    parts = [_per_example_sq_grads(grads_of, params, xb, torch.full((len(xb),), c),
                                                    weight=probs[:, c]) for c in range(probs.shape[1])]
                 else:
                     parts = []
                     for _ in range(num_samples):
                         ys = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                        part = _per_example_sq_grads(model, params, buffers, xb, ys, nll)
+                        part = _per_example_sq_grads(grads_of, params, xb, ys)
                         parts.append({k: v / num_samples for k, v in part.items()})
             for part in parts:
                 for k, v in part.items():
