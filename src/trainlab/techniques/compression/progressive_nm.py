@@ -285,7 +285,11 @@ CLAIMS = [
         baseline=_SRSTE_1_16, preconditions=_REGIME, overrides=SEQ_OVERRIDES,
         paper_quote=_QUOTE, paper_number="ViT-Base ImageNet at 1:32 ... 1:128: MDGF/SDGF up to +2% over SR-STE; "
                                          "T5 up to +5%", paper_scale="ImageNet ViT/Swin, T5 on C4",
-        paper_setting=_SETTING, notes=_NOTES,
+        paper_setting=_SETTING,
+        notes=_NOTES + " Measured (5 seeds, test accuracy): SR-STE 1:16 96.2-99.5% (mean 98.0%), MDGF-exponential "
+                       "95.0-99.2% (mean 97.4%); paired difference -0.6 points, CI -3.0 to +1.7: inconclusive. The "
+                       "exponential mask is below 0.01 after a quarter of training, after which MDGF is plain STE "
+                       "with a hard mask (no SR-STE term).",
     ),
     Claim(
         id="nm-decay-sdgf-1of16-seq-transformer", technique="nm-decay", task="seq-transformer", metric="test_acc",
@@ -295,6 +299,14 @@ CLAIMS = [
         baseline=_SRSTE_1_16, preconditions=_REGIME, overrides=SEQ_OVERRIDES,
         paper_quote=_QUOTE, paper_number="ViT-Base ImageNet at 1:32 ... 1:128: MDGF/SDGF up to +2% over SR-STE; "
                                          "T5 up to +5%", paper_scale="ImageNet ViT/Swin, T5 on C4",
-        paper_setting=_SETTING, notes=_NOTES + " SDGF frames: 3 epochs each.",
+        paper_setting=_SETTING,
+        notes=_NOTES + " SDGF frames: 3 epochs each (about 95 steps). Measured (5 seeds, test accuracy): SDGF "
+                       "65.0-71.4% (mean 68.5%) against SR-STE 1:16 mean 98.0%. Per epoch (seed 0) SDGF holds "
+                       "98.6% through the 2:16 frame and falls to 57.8% when the last frame switches to 1:16 (epoch "
+                       "13), recovering only to 71.4%: the final frame is the last 3 epochs, at the tail of the "
+                       "cosine learning-rate schedule (lr <= 1.9e-4, decaying to 0), with plain straight-through "
+                       "gradients, too short to recover from halving the kept weights at once. In the paper the "
+                       "last of five frames is 70 of 350 epochs. A verdict on this short-run setting, not on SDGF "
+                       "at the paper's length.",
     ),
 ]
