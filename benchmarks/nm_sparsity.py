@@ -20,14 +20,13 @@ larger than the artifact; the speed of CSR against dense GEMM depends on the den
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from timing import time_pair
 from trainlab.techniques.compression.nm_sparsity import CSRLinear, apply_nm, export_nm, is_nm
 
 PATTERNS = ((2, 4), (1, 8), (1, 16))
@@ -43,26 +42,6 @@ def nm_linear(d: int, n: int, m: int, seed: int) -> tuple[nn.Module, nn.Linear]:
         plain.weight.copy_(model[0].weight)       # the effective (N:M) weight
         plain.bias.copy_(model[0].bias)
     return model, plain
-
-
-def time_pair(dense: nn.Module, sparse: nn.Module, x: torch.Tensor, rounds: int, reps: int) -> tuple[float, float, float]:
-    """(dense seconds, sparse seconds, median ratio sparse/dense) per call, process CPU clock."""
-    with torch.inference_mode():
-        for _ in range(3):
-            dense(x), sparse(x)
-        ratios, td, ts = [], [], []
-        for _ in range(rounds):
-            t0 = time.process_time()
-            for _ in range(reps):
-                dense(x)
-            t1 = time.process_time()
-            for _ in range(reps):
-                sparse(x)
-            t2 = time.process_time()
-            td.append((t1 - t0) / reps)
-            ts.append((t2 - t1) / reps)
-            ratios.append((t2 - t1) / max(t1 - t0, 1e-9))
-    return statistics.median(td), statistics.median(ts), statistics.median(ratios)
 
 
 def semi_structured_on_cpu() -> str:

@@ -19,31 +19,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from timing import time_pair
 from trainlab.tasks.loading import load_task_data
 from trainlab.tasks.registry import get_task
 from trainlab.techniques.compression.artifact import dense_bytes
+from trainlab.techniques.compression.nm_sparsity import CSRLinear
 from trainlab.techniques.compression.unlearning import load_sparse_model, save_sparse_model
 from trainlab.training.trainer import run_training
-
-
-class CSRLinear(nn.Module):
-    """A Linear layer whose weight is a torch.sparse CSR matrix: y = (W x^T)^T + b."""
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        self.weight = linear.weight.detach().to_sparse_csr()
-        self.bias = linear.bias.detach() if linear.bias is not None else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.sparse.mm(self.weight, x.t()).t()
-        return y + self.bias if self.bias is not None else y
 
 
 def to_csr(model: nn.Module, min_zero_fraction: float = 0.5) -> nn.Module:
@@ -56,26 +44,6 @@ def to_csr(model: nn.Module, min_zero_fraction: float = 0.5) -> nn.Module:
             if isinstance(child, nn.Linear) and float((child.weight == 0).float().mean()) >= min_zero_fraction:
                 setattr(module, child_name, CSRLinear(child))
     return out
-
-
-def time_pair(dense: nn.Module, sparse: nn.Module, x: torch.Tensor, rounds: int, reps: int) -> tuple[float, float, float]:
-    """(dense seconds, sparse seconds, median ratio sparse/dense) per call, process CPU clock."""
-    with torch.inference_mode():
-        for _ in range(5):
-            dense(x), sparse(x)
-        ratios, td, ts = [], [], []
-        for _ in range(rounds):
-            t0 = time.process_time()
-            for _ in range(reps):
-                dense(x)
-            t1 = time.process_time()
-            for _ in range(reps):
-                sparse(x)
-            t2 = time.process_time()
-            td.append((t1 - t0) / reps)
-            ts.append((t2 - t1) / reps)
-            ratios.append((t2 - t1) / max(t1 - t0, 1e-12))
-    return statistics.median(td), statistics.median(ts), statistics.median(ratios)
 
 
 def main() -> None:
