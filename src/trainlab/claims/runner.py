@@ -373,10 +373,12 @@ def verdict_line(result: ClaimResult) -> str:
         load, cores = o.get("load_average_1min"), o.get("cpu_count")
         if o.get("time_ratio_reliable") is False or (load is not None and cores and load > cores):
             text += f" (timed with load {load:.1f} on {cores} cores: time ratio unreliable)"
-    for arm_name, probes in (result.probe_cost or {}).items():
+    costs = result.probe_cost or {}
+    for arm_name, probes in costs.items():
+        where = f" in the {arm_name} arm" if len(costs) > 1 else ""  # both arms carry the probe: name them
         for probe, cost in probes.items():
             if cost.get("ratio") is not None and math.isfinite(cost["ratio"]):
-                text += (f", {probe} measuring {cost['seconds_per_run']:.1f} s per run "
+                text += (f", {probe} measuring {cost['seconds_per_run']:.1f} s per run{where} "
                          f"({cost['ratio']:.2f}x the {cost['train_seconds_per_run']:.1f} s of training)")
     if result.verdict == "inconclusive" and a.seeds_needed:
         text += f" (about {a.seeds_needed} seeds would likely decide)"
