@@ -1,0 +1,1 @@
+"""Memory-saving techniques: methods that trade recomputation for stored activations."""
