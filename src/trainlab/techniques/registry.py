@@ -44,6 +44,7 @@ TECHNIQUE_MODULES: list[str] = [
     "trainlab.techniques.regularization.orthogonal_conv",
     "trainlab.techniques.pruning.hesso",
     "trainlab.techniques.pruning.magnitude",
+    "trainlab.techniques.losses.anyloss",
     "trainlab.techniques.regularization.batchformer",
     "trainlab.techniques.layers.tversky",
     "trainlab.techniques.memory.reversible",

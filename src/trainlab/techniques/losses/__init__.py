@@ -1,0 +1,1 @@
+"""Losses that replace the training objective (e.g. metrics made differentiable)."""
