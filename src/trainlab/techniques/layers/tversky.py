@@ -238,9 +238,15 @@ CLAIMS = [
                      "reductions, reporting how often training converges)",
         allow_collapse=("baseline",),
         notes="One layer each: nn.Linear(2, 2) vs TverskyProjection(2 -> 2 prototypes, 16 features, product "
-              "intersection, substractmatch). The linear arm is at chance by construction (the logistic loss on "
-              "balanced XOR is minimised at constant outputs), so the claim reads whether the Tversky layer "
-              "learns XOR across seeds; min_effect 0.2 = 20 points above the linear layer.",
+              "intersection, substractmatch), Adam lr 0.01, 100 epochs; setting chosen before any run. The "
+              "linear arm sits at chance by construction: the cross-entropy on balanced XOR is minimised at "
+              "constant outputs (its loss ends at log 2), so its test accuracy is whatever a near-zero tilt "
+              "gives on the noisy points, anywhere from 25% to 75% (the 3-of-4-corners ceiling of a linear "
+              "classifier). min_effect 0.2 = 20 points above the linear layer. Measured (5 seeds): Tversky "
+              "75.0, 73.0, 90.0, 93.25, 97.5; linear 26.5, 54.0, 74.5, 50.0, 50.0; +34.8 pt [95% CI +14.7, "
+              "+54.8]: inconclusive against the 20-point bar, because the Tversky layer stalls at the 3-of-4 "
+              "solution in 2 of 5 seeds (the paper, too, reports XOR convergence as a rate over initializations "
+              "rather than always).",
         paper_setting=PaperSetting(train_size=4, text="the 4 XOR points; a single Tversky projection layer, "
                                                       "sweeps over feature counts and reductions"),
     ),
@@ -254,7 +260,9 @@ CLAIMS = [
               "TverskyProjection(128 -> 10 prototypes, 64 features). Parameters: head 1,290 (linear) vs 9,475 "
               "(Tversky), whole model 26,122 vs 34,307: ours has MORE parameters; the paper's savings come from "
               "feature banks shared between many layers (GPT-2), not available to one head. Same optimizer and "
-              "budget as the baseline (SGD momentum, 10 epochs).",
+              "budget as the baseline (SGD momentum, 10 epochs). Measured (5 seeds): Tversky 96.39, 97.22, 95.83, "
+              "96.39, 96.11; linear 96.94, 96.94, 97.22, 96.67, 96.67; -0.5 pt [95% CI -1.2, +0.2]: inconclusive "
+              "(the interval reaches past the 1-point margin).",
         paper_setting=PaperSetting(text="NABirds (frozen ResNet-50, Tversky adapter head) and GPT-2 on PTB; "
                                         "ours: scikit-learn digits, 2-layer MLP, 10 epochs"),
     ),
