@@ -20,27 +20,10 @@ import torch
 from torch import nn
 
 from trainlab.techniques.memory.reversible import (
-    ReversibleBlock, ReversibleSequence, mlp_branch, reversible_inverted_bottleneck,
+    ReversibleBlock, ReversibleSequence, mlp_branch, reversible_inverted_bottleneck, saved_activation_bytes,
 )
 
 DEPTHS = (2, 4, 8, 16)
-
-
-def saved_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the distinct non-parameter storages autograd saves for backward in module(x)."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = module(x.requires_grad_())
-    del out
-    return sum(storages.values())
 
 
 def step_seconds(stack: ReversibleSequence, x: torch.Tensor, rounds: int = 5, reps: int = 3) -> tuple[float, float]:
@@ -65,9 +48,9 @@ def bench(name: str, make_block, x: torch.Tensor) -> None:
         torch.manual_seed(0)
         stack = ReversibleSequence([make_block() for _ in range(depth)])
         stack.reversible = False
-        stored = saved_activation_bytes(stack, x.clone())
+        stored = saved_activation_bytes(stack, x.clone().requires_grad_())
         stack.reversible = True
-        rev = saved_activation_bytes(stack, x.clone())
+        rev = saved_activation_bytes(stack, x.clone().requires_grad_())
         ts, tr = step_seconds(stack, x)
         print(f"{depth:>5} {stored / 2**20:>11.2f} {rev / 2**20:>15.3f} {rev / stored:>17.4f} "
               f"{ts * 1e3:>15.1f} {tr * 1e3:>12.1f} {tr / ts:>11.2f}")

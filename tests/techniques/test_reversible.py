@@ -9,7 +9,7 @@ from trainlab.errors import ConfigError
 from trainlab.tasks.registry import get_task
 from trainlab.techniques.memory.reversible import (
     CLAIMS, InvertedBottleneck, ReversibleBlock, ReversibleSequence, mlp_branch, reversible_gradient_error,
-    reversible_inverted_bottleneck, reversible_mlp,
+    reversible_inverted_bottleneck, reversible_mlp, saved_activation_bytes,
 )
 from trainlab.training.trainer import run_training
 
@@ -141,6 +141,28 @@ def test_reversible_mlp_transform_and_trainer_metric() -> None:
         reversible_mlp(nn.Sequential(nn.Linear(4, 2)))
 
 
-def test_claim_is_one_arm_against_a_float_tolerance() -> None:
-    (claim,) = CLAIMS
-    assert claim.reference == 1e-5 and claim.direction == "lower" and claim.seeds == 5
+def test_saved_activation_bytes_hand_count() -> None:
+    # Linear(8,16) saves its input (4x8 floats); ReLU saves its output (4x16); Linear(16,2) saves its
+    # input, the same storage as ReLU's output: 4*8*4 + 4*16*4 bytes, weights excluded
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    assert saved_activation_bytes(net, torch.randn(4, 8, requires_grad=True)) == 4 * 8 * 4 + 4 * 16 * 4
+    stack = _mlp_stack(depth=4)
+    x = torch.randn(6, 8, requires_grad=True)
+    assert saved_activation_bytes(stack, x) == 6 * 8 * 4            # the output only
+    stack.reversible = False
+    assert saved_activation_bytes(stack, x) > 4 * 6 * 8 * 4
+
+
+def test_stored_control_trains_the_same_network() -> None:
+    task = get_task("blobs-mlp").with_overrides({"epochs": 1})
+    rev = run_training(task, [("reversible", {"blocks": 2})], seed=0, keep_state=True)
+    sto = run_training(task, [("reversible", {"blocks": 2, "stored": True})], seed=0, keep_state=True)
+    for k in rev.state:
+        torch.testing.assert_close(rev.state[k], sto.state[k], rtol=1e-4, atol=1e-5)
+    assert rev.epochs[-1]["saved_activation_bytes"] < sto.epochs[-1]["saved_activation_bytes"]
+
+
+def test_claims() -> None:
+    exact, memory = CLAIMS
+    assert exact.reference == 1e-5 and exact.direction == "lower" and exact.seeds == 5
+    assert memory.direction == "lower" and memory.baseline.techniques[0][1].get("stored") is True
