@@ -296,7 +296,7 @@ CLAIMS = [
     Claim(
         id="anyloss-f1-imbalanced-binary", technique="anyloss", task=BINARY_TASK_REF, metric="test_f1",
         direction="higher", treatment=arm(("anyloss", {"metric": "f1"})),
-        baseline=arm("macro-f1", label="cross-entropy"), seeds=5, suites=("quick", "full"), min_effect=0.0,
+        baseline=arm("macro-f1", label="cross-entropy"), seeds=5, suites=("full",), min_effect=0.0,
         preconditions=(
             Precondition("test_acc - test_f1", ">", 0.02, why=(
                 "the imbalance regime: the cross-entropy baseline's F1 on the rare positive class is clearly "
