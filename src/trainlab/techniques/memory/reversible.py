@@ -275,7 +275,8 @@ def reversible_gradient_error(module: nn.Module, x: Tensor, loss_fn: Any = None)
 def saved_activation_bytes(module: nn.Module, *inputs: Tensor) -> int:
     """Bytes of the distinct non-parameter storages autograd saves for backward during module(*inputs)
     (torch.autograd.graph.saved_tensors_hooks): the activation memory backprop keeps, counted exactly.
-    Parameters are left out (every layer saves its weight, but that is not activation memory)."""
+    Parameters are left out (every layer saves its weight, but that is not activation memory). A
+    saved view counts its whole storage: pass inputs that own their memory (not slices of a dataset)."""
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     storages: dict[int, int] = {}
 
@@ -317,7 +318,7 @@ class Reversible(Technique):
     family = "memory"
     paper = PAPER
     fidelity = "variant"
-    version = 2
+    version = 3
     deviations = (
         "an MLP hidden stack with Linear-ReLU-Linear F and G on digits (the paper: 3D U-Net with "
         "reversible inverted bottlenecks on BraTS); the inverted-bottleneck block is provided as "
@@ -352,7 +353,8 @@ class Reversible(Technique):
         # the gradient the reversible backward gives vs stored-activation backprop, on the run's loss
         if not self.check_every or (state.epoch + 1) % self.check_every or state.data is None:
             return
-        x = state.data.train_x[: self.check_examples].to(state.device)
+        # a copy: a slice would share (and be counted with) the whole training set's storage
+        x = state.data.train_x[: self.check_examples].to(state.device).clone()
         y = state.data.train_y[: self.check_examples].to(state.device)
         loss_fn = state.loss_fn or nn.functional.cross_entropy
         err = reversible_gradient_error(model, x, lambda out: loss_fn(out, y))
@@ -410,6 +412,9 @@ CLAIMS: list[Claim] = [
               "the last epoch; the count is exact and the same in every seed, so the interval only restates "
               "it. The layers outside the reversible stack (input Linear, ReLU, head) store their activations "
               "in both arms. The paper's outcome (larger volumes or deeper models at a fixed GPU budget) is not "
-              "a verdict at this scale; benchmarks/reversible.py gives the ratio at four depths.",
+              "a verdict at this scale; benchmarks/reversible.py gives the ratio at four depths. Measured (5 seeds, "
+              "identical in each): 163,840 bytes reversible (the input, the first ReLU's output and the stack's "
+              "output) vs 753,664 bytes stored, ratio 0.22; test accuracy identical in both arms (96.9-97.5%); "
+              "step time about 1.5x (measured under load).",
     ),
 ]
