@@ -125,6 +125,7 @@ class _ReversibleFunction(torch.autograd.Function):
         return x
 
     @staticmethod
+    @torch.autograd.function.once_differentiable     # the recomputed graph is not kept: no double backward
     def backward(ctx: Any, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         (y,) = ctx.saved_tensors
         blocks, params = ctx.blocks, ctx.params
