@@ -378,7 +378,7 @@ CLAIMS: list[Claim] = [
         id="reversible-exact-gradients", technique="reversible", task="digits-mlp",
         metric="max:reversible_grad_err", direction="lower", reference=1e-5,
         treatment=arm(("reversible", {"blocks": 4}), label="reversible MLP stack (4 blocks)"),
-        seeds=5, suites=("quick", "full"),
+        seeds=5, suites=("full",),
         paper_quote="Using reversible layers enables the model to recompute input activations given the outputs "
                     "of that layer, saving memory by eliminating the need to store activations during the "
                     "forward pass",
@@ -400,7 +400,7 @@ CLAIMS: list[Claim] = [
         metric="saved_activation_bytes", direction="lower",
         treatment=arm(("reversible", {"blocks": 4}), label="reversible backward"),
         baseline=arm(("reversible", {"blocks": 4, "stored": True}), label="same network, stored activations"),
-        seeds=5, suites=("quick", "full"),
+        seeds=5, suites=("full",),
         paper_quote="Using reversible layers enables the model to recompute input activations given the outputs "
                     "of that layer, saving memory by eliminating the need to store activations during the "
                     "forward pass",
