@@ -96,3 +96,30 @@ def test_named_layer():
     assert named_layer(net, "head") is net.head
     with pytest.raises(ConfigError, match="the model has no layer 'tail' \\(layers: body"):
         named_layer(net, "tail")
+
+
+def test_layer_capture_keeps_input_or_output_with_graph_and_respects_training_only():
+    from trainlab.diagnostics.features import LayerCapture
+
+    torch.manual_seed(0)
+    body, head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+    model = torch.nn.Sequential(body, head)
+    x = torch.randn(5, 3)
+    into, out = LayerCapture(head, "input"), LayerCapture(body, "output")
+    model(x)
+    feats = into.take()
+    assert torch.equal(feats, body(x)) and feats.requires_grad  # the graph is kept
+    assert torch.equal(out.take(), body(x))
+    assert into.take() is None  # take clears
+    with pytest.raises(ConfigError, match="nothing seen"):
+        into.take("nothing seen")
+    only_training = LayerCapture(head, "input", training_only=True)
+    model.eval()
+    model(x)
+    assert only_training.take() is None and into.take() is not None
+    for c in (into, out, only_training):
+        c.remove()
+    model(x)
+    assert into.take() is None
+    with pytest.raises(ConfigError):
+        LayerCapture(head, "weights")

@@ -58,3 +58,44 @@ def named_layer(model: nn.Module, name: str) -> nn.Module:
         known = ", ".join(n for n in list(modules)[1:12] if n)
         raise ConfigError(f"the model has no layer '{name}' (layers: {known}, ...)")
     return modules[name]
+
+
+class LayerCapture:
+    """Keeps what `layer` last received (want="input": its first positional input) or produced
+    (want="output") in a forward pass, with its autograd graph, while installed: for techniques
+    that need a model's internal features of the training step (e.g. the classifier's input).
+    training_only: record only forward passes made with the layer in training mode."""
+
+    def __init__(self, layer: nn.Module, want: str = "input", training_only: bool = False) -> None:
+        if want not in ("input", "output"):
+            raise ConfigError(f"want must be 'input' or 'output', got {want!r}")
+        self.want = want
+        self.training_only = training_only
+        self.value: torch.Tensor | None = None
+        if want == "output":
+            self.handle = layer.register_forward_hook(self._keep_output)
+        else:
+            self.handle = layer.register_forward_pre_hook(self._keep_input)
+
+    def _keep_input(self, module: nn.Module, inputs: tuple) -> None:
+        if module.training or not self.training_only:
+            self.value = inputs[0]
+
+    def _keep_output(self, module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        if module.training or not self.training_only:
+            self.value = output
+
+    def take(self, missing: str | None = None) -> torch.Tensor | None:
+        """The captured value, cleared; when nothing was captured, ConfigError(missing) if a message
+        is given, else None."""
+        value, self.value = self.value, None
+        if value is None and missing is not None:
+            raise ConfigError(missing)
+        return value
+
+    def clear(self) -> None:
+        self.value = None
+
+    def remove(self) -> None:
+        self.handle.remove()
+        self.value = None

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
+from trainlab.diagnostics.features import LayerCapture, classifier_layer
 from trainlab.errors import ConfigError
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Batch, Paper, Technique, TrainState
@@ -166,40 +167,13 @@ def _featurizer(model: nn.Module, num_classes: int | None) -> tuple[nn.Module, s
     feats = getattr(model, "features", None)
     if isinstance(feats, nn.Module):
         return feats, "output"
-    from trainlab.diagnostics.features import classifier_layer
-
     return classifier_layer(model, num_classes), "input"
 
 
-class _Capture:
-    """Keeps the last value the featurizer produced (with its graph) while installed."""
-
-    def __init__(self, module: nn.Module, want: str) -> None:
-        self.value: Tensor | None = None
-        self.want = want
-        if want == "output":
-            self.handle = module.register_forward_hook(self._out)
-        else:
-            self.handle = module.register_forward_pre_hook(self._in)
-
-    def _out(self, _m: nn.Module, _inputs: tuple, output: Tensor) -> None:
-        self.value = output
-
-    def _in(self, _m: nn.Module, inputs: tuple) -> None:
-        self.value = inputs[0]
-
-    def take(self) -> Tensor:
-        if self.value is None:
-            raise ConfigError("dann: the model's forward pass did not call its featurizer")
-        v, self.value = self.value, None
-        return v
-
-    def remove(self) -> None:
-        self.handle.remove()
-        self.value = None
-
-
 # --------------------------------------------------------------------------- the technique
+
+_NO_FEATURES = "dann: the model's forward pass did not call its featurizer"
+
 
 @register
 class DANN(Technique):
@@ -246,7 +220,7 @@ class DANN(Technique):
         self.classifier: DomainClassifier | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.grl = GradientReversal(0.0)
-        self._capture: _Capture | None = None
+        self._capture: LayerCapture | None = None
         self._loaded: Mapping[str, Any] | None = None
         self._sums = [0.0, 0.0, 0]   # domain loss, correct domain predictions, rows (this epoch)
 
@@ -283,7 +257,7 @@ class DANN(Technique):
         if reason:
             raise ConfigError(f"dann {reason}")
         module, want = _featurizer(model, state.num_classes)
-        self._capture = _Capture(module, want)
+        self._capture = LayerCapture(module, want)
         # the feature width from one eval-mode forward (no dropout draw, no batch-norm update); the
         # classifier's init under its own seed: the global random stream stays the baseline's
         was_training = model.training
@@ -291,7 +265,7 @@ class DANN(Technique):
         with torch.no_grad():
             model(data.train_x[:1].to(state.device))
         model.train(was_training)
-        dim = self._capture.take().flatten(1).shape[1]
+        dim = self._capture.take(_NO_FEATURES).flatten(1).shape[1]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(state.seed * 7_919 + 31)
             self.classifier = DomainClassifier(dim, self.width, self.depth).to(state.device)
@@ -316,7 +290,7 @@ class DANN(Technique):
 
     def loss(self, outputs: Tensor, batch: Batch, state: TrainState, base_loss: Tensor) -> Tensor:
         assert self._capture is not None and self.classifier is not None and self.optimizer is not None
-        source = self._capture.take()
+        source = self._capture.take(_NO_FEATURES)
         if len(source) != len(outputs):
             raise ConfigError("dann: the captured source features do not match the batch (another technique ran "
                               "the model in between)")
@@ -326,7 +300,7 @@ class DANN(Technique):
             feats(target_x)   # the featurizer alone; the hook captures its output
         else:
             state.model(target_x)
-        target = self._capture.take()
+        target = self._capture.take(_NO_FEATURES)
         self.grl.lambda_ = self.lambda_at(state.progress)
         self.optimizer.zero_grad(set_to_none=True)
         for group in self.optimizer.param_groups:   # the learning rate the model's step uses now

@@ -70,6 +70,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
+from trainlab.diagnostics.features import LayerCapture
 from trainlab.errors import ConfigError
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Batch, Paper, Technique, TrainState
@@ -286,8 +287,7 @@ class HessianAlignment(Technique):
         self.penalty_weight, self.anneal_steps = float(penalty_weight), int(anneal_steps)
         self.samples, self.min_per_domain, self.head_name = int(samples), int(min_per_domain), head
         self._head: nn.Module | None = None
-        self._features: Tensor | None = None
-        self._handle: Any = None
+        self._capture: LayerCapture | None = None
         self._sums = {"hessian": 0.0, "gradient": 0.0, "n": 0}
 
     @classmethod
@@ -307,16 +307,13 @@ class HessianAlignment(Technique):
         check_domain_bundle(state.data)
         self._head = _find_head(model, self.head_name, state.num_classes)
 
-        def keep_input(module: nn.Module, args: tuple) -> None:
-            if module.training:   # the Trainer's training forward; evaluation passes are not kept
-                self._features = args[0]
-
-        self._handle = self._head.register_forward_pre_hook(keep_input)
+        # the Trainer's training forward; evaluation passes are not kept
+        self._capture = LayerCapture(self._head, "input", training_only=True)
 
     def loss(self, outputs: Tensor, batch: Batch, state: TrainState, base_loss: Tensor) -> Tensor:
         from trainlab.tasks.domains import domain_of
 
-        feats, self._features = self._features, None
+        feats = self._capture.take() if self._capture is not None else None
         if feats is None or self._head is None or len(feats) != len(batch.labels):
             raise ConfigError("hessian-alignment: could not read the head's input in this step (is the head used "
                               "once per forward pass? give head=<layer name>)")
@@ -338,9 +335,9 @@ class HessianAlignment(Technique):
         self._sums = {"hessian": 0.0, "gradient": 0.0, "n": 0}
 
     def on_train_end(self, model: nn.Module, state: TrainState) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
 
 
 # --------------------------------------------------------------------------- claims

@@ -79,6 +79,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainlab.claims.claim import Claim, PaperSetting, Precondition, arm
+from trainlab.diagnostics.features import LayerCapture
 from trainlab.errors import ConfigError
 from trainlab.techniques.registry import register
 from trainlab.training.technique import Batch, Paper, Technique, TrainState
@@ -222,15 +223,6 @@ def class_rows(grads: Tensor, num_classes: int, width: int) -> Tensor:
 
 # --------------------------------------------------------------------------- the technique
 
-def _capture_input(layer: nn.Module) -> tuple[list[Tensor], Any]:
-    box: list[Tensor] = []
-
-    def hook(_m: nn.Module, inputs: tuple) -> None:
-        box[:] = [inputs[0]]
-
-    return box, layer.register_forward_pre_hook(hook)
-
-
 @register
 class TrajectoryDistillation(Technique):
     """Cross-domain and cross-class gradient-statistics distillation in low-rank gradient subspaces,
@@ -305,8 +297,7 @@ class TrajectoryDistillation(Technique):
         self.cross_domain, self.cross_class, self.historical = bool(cross_domain), bool(cross_class), bool(historical)
         self.batch_mean_grads = bool(batch_mean_grads)
         self._head: nn.Linear | None = None
-        self._box: list[Tensor] = []
-        self._handle: Any = None
+        self._capture: LayerCapture | None = None
         self._banks: dict[str, GradientBank] = {}
         self._avgs: dict[str, MovingAverage] = {}
         self._layers: list[tuple[str, nn.Parameter]] = []
@@ -347,7 +338,7 @@ class TrajectoryDistillation(Technique):
         check_domain_bundle(data)
         info = data.info
         self._head = classifier_layer(model, state.num_classes)
-        self._box, self._handle = _capture_input(self._head)
+        self._capture = LayerCapture(self._head, "input")
         self._few_index = info["train_domains"].index(info["few_shot_domain"])
         dom = info["train_domain_index"]
         self._few_rows = torch.nonzero(dom == self._few_index).flatten()
@@ -382,10 +373,8 @@ class TrajectoryDistillation(Technique):
 
     def _forward(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
         logits = model(x)
-        if not self._box:
-            raise ConfigError("trajectory-distillation: the model's forward pass did not call its classifier layer")
-        feats = self._box[0].flatten(1)
-        self._box.clear()
+        feats = self._capture.take("trajectory-distillation: the model's forward pass did not call its classifier "
+                                   "layer").flatten(1)
         return feats, logits
 
     def _add(self, key: str, value: float) -> None:
@@ -397,10 +386,7 @@ class TrajectoryDistillation(Technique):
 
         model = state.model
         assert model is not None and self._head is not None
-        if not self._box:
-            raise ConfigError("trajectory-distillation: no classifier input captured for the batch")
-        feats = self._box[0].flatten(1)
-        self._box.clear()
+        feats = self._capture.take("trajectory-distillation: no classifier input captured for the batch").flatten(1)
         info = state.data.info
         n = self.target_batch or len(batch.targets)
         dev = state.device
@@ -412,7 +398,7 @@ class TrajectoryDistillation(Technique):
         unl_x = pool[unl_idx].to(dev)
         with torch.no_grad():   # pseudo-labels from the current model, as the official code's target pass
             probs = model(unl_x).softmax(1)
-            self._box.clear()
+            self._capture.clear()
         conf, pseudo = probs.max(1)
         keep = conf >= self.threshold
         tgt_x = torch.cat([few_x, unl_x[keep]])
@@ -489,9 +475,9 @@ class TrajectoryDistillation(Technique):
         self._sums = {}
 
     def on_train_end(self, model: nn.Module, state: TrainState) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"banks": {k: b.state_dict() for k, b in self._banks.items()},
